@@ -1,0 +1,1 @@
+"""ragstream's data contracts: versioned event models and the topic registry."""
