@@ -1,0 +1,1 @@
+"""chunk: splits accepted documents by structure and by the embedder's tokens."""

@@ -1,0 +1,103 @@
+"""chunk stage: accepted documents in; chunks and each version's chunk set out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from faststream import Context, FastStream
+from faststream.kafka import KafkaRouter
+from faststream.kafka.annotations import KafkaBroker
+
+from contracts.registry import TOPICS
+from contracts.v1 import (
+    AcceptedDocumentEventV1,
+    ChunkSetV1,
+    ChunkV1,
+    DocumentRemovedV1,
+)
+from contracts.v1.envelope import utc_now
+from services.chunk.chunker import Chunker, chunk_id, load_tokenizer
+from services.runtime.broker import make_broker, subscriber_options
+from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.publishing import produced_by, publish_event
+from services.runtime.settings import ChunkSettings
+from services.runtime.stage import prepare_stage
+
+STAGE = "chunk"
+router = KafkaRouter()
+chunks = router.publisher(TOPICS.chunks.name, title="chunks")
+
+ChunkerDep = Annotated[Chunker, Context("chunker")]
+
+
+@router.subscriber(
+    TOPICS.documents_accepted.name, **subscriber_options(STAGE, TOPICS.documents_accepted)
+)
+async def chunk_document(
+    event: AcceptedDocumentEventV1, broker: KafkaBroker, chunker: ChunkerDep
+) -> None:
+    """Publish a version's chunks, then its chunk set (the ids that stay; none after a delete)."""
+    started = utc_now()
+    common = {
+        "tenant_id": event.tenant_id,
+        "correlation_id": event.correlation_id,
+        "causation_id": event.event_id,
+        "produced_by": produced_by(STAGE),
+        "doc_id": event.doc_id,
+        "doc_version": event.doc_version,
+    }
+    published: list[ChunkV1] = []
+    if not isinstance(event, DocumentRemovedV1):
+        for draft in chunker.chunk(event.text, markdown=event.content_type == "text/markdown"):
+            chunk = ChunkV1(
+                **common,
+                chunk_id=chunk_id(
+                    event.tenant_id,
+                    event.doc_id,
+                    event.doc_version,
+                    draft.position,
+                    draft.content_hash,
+                ),
+                position=draft.position,
+                text=draft.text,
+                heading_path=list(draft.heading_path),
+                token_count=draft.token_count,
+                content_hash=draft.content_hash,
+                title=event.title,
+                source_uri=event.source_uri,
+            )
+            await publish_event(chunks, TOPICS.chunks, chunk, STAGE)
+            published.append(chunk)
+    chunk_set = ChunkSetV1(
+        **common,
+        chunk_ids=[c.chunk_id for c in published],
+        deleted=isinstance(event, DocumentRemovedV1),
+    )
+    await publish_event(chunks, TOPICS.chunks, chunk_set, STAGE)
+    details = {
+        "doc_version": event.doc_version,
+        "chunks": len(published),
+        "tokens": sum(c.token_count for c in published),
+        "deleted": chunk_set.deleted,
+    }
+    await publish_lineage(
+        broker, lineage_record(STAGE, event, "ok", started, [*published, chunk_set], details)
+    )
+
+
+def create_app(settings: ChunkSettings | None = None) -> FastStream:
+    settings = settings or ChunkSettings()
+    broker = make_broker(settings, STAGE)
+    broker.include_router(router)
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        chunker = Chunker(
+            load_tokenizer(settings.tokenizer_path), settings.chunk_tokens, settings.chunk_overlap
+        )
+        async with prepare_stage(broker, settings, chunker=chunker):
+            yield
+
+    return FastStream(broker, lifespan=lifespan)

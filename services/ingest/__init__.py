@@ -1,0 +1,1 @@
+"""ingest: validates and normalises upstream documents and questions."""

@@ -1,0 +1,192 @@
+"""ingest stage: upstream documents and questions in; validated, normalised, versioned ones out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+from faststream import Context, FastStream
+from faststream.kafka import KafkaRouter
+from faststream.kafka.annotations import KafkaBroker, KafkaMessage
+
+from contracts.registry import TOPICS
+from contracts.v1 import (
+    AcceptedDocumentV1,
+    AcceptedQueryV1,
+    DocumentDeleteV1,
+    DocumentEventV1,
+    DocumentRemovedV1,
+    Envelope,
+    QueryV1,
+)
+from contracts.v1.envelope import utc_now
+from services.ingest.acceptance import prepare_document, prepare_question
+from services.ingest.normalise import Rejection
+from services.ingest.rate_limits import TenantRateLimits
+from services.ingest.versions import DocumentVersions
+from services.runtime.broker import make_broker, subscriber_options
+from services.runtime.dead_letters import reject_record
+from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.publishing import produced_by, publish_event
+from services.runtime.settings import IngestSettings
+from services.runtime.stage import prepare_stage
+
+STAGE = "ingest"
+router = KafkaRouter()
+accepted_documents = router.publisher(TOPICS.documents_accepted.name, title="documents-accepted")
+accepted_queries = router.publisher(TOPICS.queries_accepted.name, title="queries-accepted")
+
+
+@dataclass
+class IngestResources:
+    settings: IngestSettings
+    versions: DocumentVersions
+    limits: TenantRateLimits
+
+    @classmethod
+    def open(cls, settings: IngestSettings) -> IngestResources:
+        return cls(
+            settings=settings,
+            versions=DocumentVersions(settings.data_dir / "ingest" / "document_versions.sqlite3"),
+            limits=TenantRateLimits(settings.tenant_rate_per_second, settings.tenant_burst),
+        )
+
+
+Ingest = Annotated[IngestResources, Context("ingest")]
+
+
+async def _turn_away(
+    broker: KafkaBroker,
+    message: KafkaMessage,
+    event: Envelope,
+    started: datetime,
+    kind: str,
+    reason: str,
+) -> None:
+    await reject_record(broker, message, STAGE, kind, reason)  # type: ignore[arg-type]
+    await publish_lineage(
+        broker, lineage_record(STAGE, event, kind, started, details={"reason": reason})
+    )
+
+
+async def _over_rate(
+    broker: KafkaBroker,
+    message: KafkaMessage,
+    event: Envelope,
+    ingest: IngestResources,
+    started: datetime,
+) -> bool:
+    if await ingest.limits.try_acquire(event.tenant_id):
+        return False
+    rate, burst = ingest.limits.rate_per_second, ingest.limits.burst
+    reason = (
+        f"tenant {event.tenant_id} is over its rate limit of {rate:g} events/s (burst {burst}); "
+        "replay it from the DLQ later or raise RAGSTREAM_TENANT_RATE_PER_SECOND"
+    )
+    await _turn_away(broker, message, event, started, "rate_limited", reason)
+    return True
+
+
+@router.subscriber(TOPICS.documents.name, **subscriber_options(STAGE, TOPICS.documents))
+async def ingest_document(
+    event: DocumentEventV1,
+    message: KafkaMessage,
+    broker: KafkaBroker,
+    ingest: Ingest,
+) -> None:
+    """Accept an upsert as a new version, drop an unchanged re-publish, propagate a delete."""
+    started = utc_now()
+    if await _over_rate(broker, message, event, ingest, started):
+        return
+    common = {
+        "tenant_id": event.tenant_id,
+        "correlation_id": event.correlation_id,
+        "causation_id": event.event_id,
+        "produced_by": produced_by(STAGE),
+        "doc_id": event.doc_id,
+    }
+    if isinstance(event, DocumentDeleteV1):
+        decision = ingest.versions.decide_delete(event.tenant_id, event.doc_id)
+        if decision.kind == "already_deleted":
+            await publish_lineage(broker, lineage_record(STAGE, event, "duplicate", started))
+            return
+        removed = DocumentRemovedV1(**common, doc_version=decision.version)
+        await publish_event(accepted_documents, TOPICS.documents_accepted, removed, STAGE)
+        ingest.versions.record(event.tenant_id, event.doc_id, None, decision.version)
+        await publish_lineage(broker, lineage_record(STAGE, event, "ok", started, [removed]))
+        return
+
+    prepared = prepare_document(event, ingest.settings)
+    if isinstance(prepared, Rejection):
+        await _turn_away(broker, message, event, started, "rejected", prepared.reason)
+        return
+    decision = ingest.versions.decide_upsert(event.tenant_id, event.doc_id, prepared.content_hash)
+    if decision.kind == "unchanged":
+        details = {"doc_version": decision.version, "content_hash": prepared.content_hash}
+        await publish_lineage(
+            broker, lineage_record(STAGE, event, "duplicate", started, details=details)
+        )
+        return
+    accepted = AcceptedDocumentV1(
+        **common,
+        doc_version=decision.version,
+        content_hash=prepared.content_hash,
+        title=event.title,
+        source_uri=event.source_uri,
+        content_type=prepared.content_type,  # type: ignore[arg-type]
+        text=prepared.text,
+        metadata=event.metadata,
+    )
+    await publish_event(accepted_documents, TOPICS.documents_accepted, accepted, STAGE)
+    ingest.versions.record(event.tenant_id, event.doc_id, prepared.content_hash, decision.version)
+    details = {"doc_version": decision.version, "version_kind": decision.kind}
+    await publish_lineage(broker, lineage_record(STAGE, event, "ok", started, [accepted], details))
+
+
+@router.subscriber(TOPICS.queries.name, **subscriber_options(STAGE, TOPICS.queries))
+async def ingest_query(
+    event: QueryV1,
+    message: KafkaMessage,
+    broker: KafkaBroker,
+    ingest: Ingest,
+) -> None:
+    """Accept a question in normalised form, or turn it away with a reason."""
+    started = utc_now()
+    if await _over_rate(broker, message, event, ingest, started):
+        return
+    prepared = prepare_question(event, ingest.settings)
+    if isinstance(prepared, Rejection):
+        await _turn_away(broker, message, event, started, "rejected", prepared.reason)
+        return
+    accepted = AcceptedQueryV1(
+        tenant_id=event.tenant_id,
+        correlation_id=event.correlation_id,
+        causation_id=event.event_id,
+        produced_by=produced_by(STAGE),
+        request_id=event.request_id,
+        question=prepared.question,
+        question_hash=prepared.question_hash,
+        options=event.options,
+    )
+    await publish_event(accepted_queries, TOPICS.queries_accepted, accepted, STAGE)
+    await publish_lineage(broker, lineage_record(STAGE, event, "ok", started, [accepted]))
+
+
+def create_app(settings: IngestSettings | None = None) -> FastStream:
+    settings = settings or IngestSettings()
+    broker = make_broker(settings, STAGE)
+    broker.include_router(router)
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        resources = IngestResources.open(settings)
+        async with prepare_stage(broker, settings, ingest=resources):
+            try:
+                yield
+            finally:
+                resources.versions.close()
+
+    return FastStream(broker, lifespan=lifespan)

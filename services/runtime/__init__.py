@@ -1,0 +1,1 @@
+"""The runtime every stage shares: settings, broker, dead letters, publishing, lineage."""

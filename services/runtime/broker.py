@@ -1,0 +1,41 @@
+"""The broker factory: every stage's KafkaBroker, with dead letters and strict JSON."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+
+from contracts.registry import TopicSpec
+from services.runtime.dead_letters import DeadLetterMiddleware
+from services.runtime.publishing import strict_json_decoder
+from services.runtime.runstate import resolve_bootstrap
+from services.runtime.settings import RuntimeSettings
+
+
+def make_broker(settings: RuntimeSettings, stage: str, **kwargs: Any) -> KafkaBroker:
+    return KafkaBroker(
+        resolve_bootstrap(settings),
+        client_id=f"ragstream-{stage}",
+        middlewares=[DeadLetterMiddleware.for_stage(stage, attempts=settings.handler_attempts)],
+        decoder=strict_json_decoder,
+        logger=logging.getLogger(f"ragstream.{stage}"),
+        **kwargs,
+    )
+
+
+def consumer_group(stage: str, spec: TopicSpec) -> str:
+    """One consumer group per stage and topic: scale a stage on one topic independently."""
+    return f"ragstream.{stage}.{spec.short_name}"
+
+
+def subscriber_options(stage: str, spec: TopicSpec) -> dict[str, Any]:
+    """At-least-once: commit after the handler (and its publishes) finished; on an error that
+    escapes the dead-letter middleware, seek back so the event is consumed again."""
+    return {
+        "group_id": consumer_group(stage, spec),
+        "ack_policy": AckPolicy.NACK_ON_ERROR,
+        "auto_offset_reset": "earliest",
+    }

@@ -1,0 +1,203 @@
+"""Dead letters: every event a stage cannot handle goes to the DLQ topic, then is committed.
+
+One middleware does it for every stage. It retries an unexpected handler error a bounded
+number of times, then publishes the original bytes, headers, source position, stage and a
+readable reason to `ragstream.dlq.v1` before the offset is committed. If even the DLQ
+publish fails, the error propagates, FastStream nacks (seeks back) and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections import Counter
+from typing import Any
+
+from aiokafka import ConsumerRecord
+from faststream import BaseMiddleware
+from faststream.exceptions import HandlerException, StopConsume
+from faststream.message import StreamMessage
+from pydantic import ValidationError
+from tenacity import (
+    AsyncRetrying,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from contracts.registry import TOPICS
+from contracts.v1 import DeadLetterV1, KafkaHeaderV1
+from contracts.v1.envelope import SCHEMA_VERSION_PATTERN
+from contracts.v1.operations import DeadLetterKind
+from services.runtime.publishing import produced_by
+
+logger = logging.getLogger("ragstream.dlq")
+
+#: Dead letters published by this process, per (stage, error kind).
+DEAD_LETTER_COUNTS: Counter[tuple[str, str]] = Counter()
+
+_NOT_RETRIED = (ValidationError, UnicodeDecodeError, json.JSONDecodeError, RecursionError)
+
+
+def classify(value: bytes | None, error: BaseException) -> tuple[DeadLetterKind, str]:
+    """Why a record could not be handled, as (kind, readable reason)."""
+    try:
+        text = (value or b"").decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        return "not_utf8", f"value is not UTF-8: byte {exc.object[exc.start]:#04x} at {exc.start}"
+    try:
+        payload = json.loads(text)
+    except RecursionError:
+        return "invalid_json", "value is JSON nested too deeply to decode"
+    except json.JSONDecodeError as exc:
+        return "invalid_json", f"value is not JSON: {exc.msg} at line {exc.lineno} col {exc.colno}"
+    if isinstance(payload, dict):
+        version = payload.get("schema_version")
+        if version is not None and not (
+            isinstance(version, str) and re.match(SCHEMA_VERSION_PATTERN, version)
+        ):
+            return "unknown_schema_version", (
+                f"schema_version {version!r} is not readable by this stage (reads 1.x); "
+                "publish it on the topic of its major version"
+            )
+    if isinstance(error, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
+            for e in error.errors(include_url=False)[:5]
+        )
+        return "schema_violation", f"{error.error_count()} schema violation(s): {problems}"
+    return "handler_error", f"{type(error).__name__}: {error}"
+
+
+def _headers(record: ConsumerRecord[Any, Any]) -> list[KafkaHeaderV1]:
+    return [KafkaHeaderV1(name=k, value=v or b"") for k, v in (record.headers or ())]
+
+
+def _readable(payload: Any, field: str) -> str | None:
+    if isinstance(payload, dict) and isinstance(payload.get(field), str):
+        return str(payload[field])[:128]
+    return None
+
+
+def dead_letter_for(
+    record: ConsumerRecord[Any, Any],
+    stage: str,
+    kind: DeadLetterKind,
+    reason: str,
+    attempts: int = 1,
+) -> DeadLetterV1:
+    try:
+        payload = json.loads(record.value or b"")
+    except (ValueError, RecursionError):
+        payload = None
+    key = record.key.decode("utf-8", errors="replace") if record.key else None
+    return DeadLetterV1(
+        produced_by=produced_by(stage),
+        stage=stage,
+        error_kind=kind,
+        reason=reason,
+        source_topic=record.topic,
+        source_partition=record.partition,
+        source_offset=record.offset,
+        source_key=key,
+        source_timestamp_ms=record.timestamp,
+        original_value=record.value or b"",
+        original_headers=_headers(record),
+        tenant_id=_readable(payload, "tenant_id"),
+        correlation_id=_readable(payload, "correlation_id"),
+        attempts=attempts,
+    )
+
+
+async def publish_dead_letter(broker: Any, letter: DeadLetterV1) -> None:
+    """Publish a dead letter and wait for the broker's ack (retried: nothing may be lost)."""
+    async for attempt in AsyncRetrying(
+        stop=stop_after_attempt(5), wait=wait_exponential(min=0.2, max=5), reraise=True
+    ):
+        with attempt:
+            await broker.publish(
+                letter.model_dump_json().encode("utf-8"),
+                topic=TOPICS.dlq.name,
+                key=TOPICS.dlq.key_bytes(letter),
+                headers={"content-type": "application/json", "ce_type": "ragstream.dlq.v1"},
+            )
+    DEAD_LETTER_COUNTS[(letter.stage, letter.error_kind)] += 1
+    logger.warning(
+        "dead-lettered %s[%d]@%d (%s): %s",
+        letter.source_topic,
+        letter.source_partition,
+        letter.source_offset,
+        letter.error_kind,
+        letter.reason,
+    )
+
+
+async def reject_record(
+    broker: Any, message: StreamMessage[Any], stage: str, kind: DeadLetterKind, reason: str
+) -> None:
+    """Send the record behind `message` to the DLQ: expected bad input, decided by a handler."""
+    record = message.raw_message
+    if not isinstance(record, ConsumerRecord):
+        raise TypeError("reject_record takes the message of a single-record subscriber")
+    await publish_dead_letter(broker, dead_letter_for(record, stage, kind, reason))
+
+
+class DeadLetterMiddleware(BaseMiddleware):
+    """Retry, then dead-letter: no event crashes a consumer or is silently dropped.
+
+    >>> middleware = DeadLetterMiddleware.for_stage("chunk", attempts=3)
+    >>> broker = KafkaBroker(middlewares=[middleware])  # doctest: +SKIP
+    """
+
+    stage = "unknown"
+    attempts = 3
+    retry_wait_s = 0.2
+
+    @classmethod
+    def for_stage(
+        cls, stage: str, attempts: int = 3, retry_wait_s: float = 0.2
+    ) -> type[DeadLetterMiddleware]:
+        return type(
+            f"DeadLetterMiddleware_{stage}",
+            (cls,),
+            {"stage": stage, "attempts": attempts, "retry_wait_s": retry_wait_s},
+        )
+
+    async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
+        self._tries = 0
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential(min=self.retry_wait_s, max=5),
+            retry=retry_if_not_exception_type(
+                (*_NOT_RETRIED, HandlerException, asyncio.CancelledError)
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                self._tries += 1
+                return await call_next(msg)
+        return None  # pragma: no cover - AsyncRetrying either returns or raises
+
+    async def after_processed(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_val: BaseException | None = None,
+        exc_tb: Any = None,
+    ) -> bool:
+        if exc_val is None or isinstance(
+            exc_val, (HandlerException, StopConsume, asyncio.CancelledError, SystemExit)
+        ):
+            return False
+        records = self.msg if isinstance(self.msg, tuple) else (self.msg,)
+        broker = self.context.get("broker")
+        tries = getattr(self, "_tries", 1) or 1
+        for record in records:
+            kind, reason = classify(record.value, exc_val)
+            if kind == "handler_error":
+                logger.error("stage %s failed on an event", self.stage, exc_info=exc_val)
+            await publish_dead_letter(
+                broker, dead_letter_for(record, self.stage, kind, reason, tries)
+            )
+        return True

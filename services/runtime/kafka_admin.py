@@ -1,0 +1,84 @@
+"""Kafka administration (confluent-kafka): broker readiness, registry topics, offsets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from contracts.registry import TOPICS, TopicSpec
+from services.runtime.exceptions import BrokerUnavailableError, TopicSetupError
+
+
+def _admin(bootstrap_servers: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0})
+
+
+def broker_answers(bootstrap_servers: str, timeout_s: float = 1.0) -> bool:
+    """True when a broker at `bootstrap_servers` answers a metadata request."""
+    try:
+        _admin(bootstrap_servers).list_topics(timeout=timeout_s)
+    except KafkaException:
+        return False
+    return True
+
+
+def wait_for_broker(bootstrap_servers: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if broker_answers(bootstrap_servers):
+            return
+        time.sleep(0.2)
+    raise BrokerUnavailableError(
+        f"no Kafka broker answered at {bootstrap_servers} within {timeout_s:.0f} s; start one "
+        "with `ragstream up` or `ragstream broker`, or set RAGSTREAM_BOOTSTRAP_SERVERS"
+    )
+
+
+def ensure_topics(
+    bootstrap_servers: str,
+    topics: Iterable[TopicSpec] = TOPICS,
+    partitions_override: int | None = None,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create the registry's topics that do not exist yet; returns the names created."""
+    admin = _admin(bootstrap_servers)
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [
+        NewTopic(
+            spec.name, num_partitions=partitions_override or spec.partitions, replication_factor=1
+        )
+        for spec in topics
+        if spec.name not in existing
+    ]
+    if not wanted:
+        return []
+    created = []
+    for name, future in admin.create_topics(wanted, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise TopicSetupError(f"could not create topic {name}: {exc}") from exc
+    return created
+
+
+def partition_counts(bootstrap_servers: str, timeout_s: float = 10.0) -> dict[str, int]:
+    metadata = _admin(bootstrap_servers).list_topics(timeout=timeout_s)
+    return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
+
+
+def end_offsets(bootstrap_servers: str, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+    """Each partition's high watermark (the offset the next record will get)."""
+    partitions = partition_counts(bootstrap_servers, timeout_s).get(topic, 0)
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "ragstream-admin"})
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1]
+            for p in range(partitions)
+        }
+    finally:
+        consumer.close()

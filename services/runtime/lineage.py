@@ -1,0 +1,55 @@
+"""Lineage records: what a stage did with an event, published to the audit topic."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from pydantic import JsonValue
+
+from contracts.registry import TOPICS
+from contracts.v1 import Envelope, LineageRecordV1
+from contracts.v1.envelope import utc_now
+from services.runtime.publishing import event_bytes, event_headers, produced_by
+
+logger = logging.getLogger("ragstream.lineage")
+
+
+def lineage_record(
+    stage: str,
+    event: Envelope,
+    outcome: str,
+    started_at: datetime,
+    outputs: Sequence[Envelope] = (),
+    details: dict[str, JsonValue] | None = None,
+) -> LineageRecordV1:
+    return LineageRecordV1(
+        tenant_id=event.tenant_id,
+        correlation_id=event.correlation_id,
+        causation_id=event.event_id,
+        produced_by=produced_by(stage),
+        stage=stage,
+        input_event_id=event.event_id,
+        output_event_ids=[out.event_id for out in outputs],
+        outcome=outcome,
+        started_at=started_at,
+        finished_at=utc_now(),
+        details=details or {},
+    )
+
+
+async def publish_lineage(broker: Any, record: LineageRecordV1) -> None:
+    """Publish a lineage record; a failure is logged, never raised into the main path."""
+    try:
+        await broker.publish(
+            event_bytes(record),
+            topic=TOPICS.audit.name,
+            key=TOPICS.audit.key_bytes(record),
+            headers=event_headers(TOPICS.audit, record, record.stage),
+        )
+    except Exception:
+        logger.exception(
+            "could not publish lineage of %s for %s", record.stage, record.input_event_id
+        )

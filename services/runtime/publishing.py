@@ -1,0 +1,54 @@
+"""Publishing events: one way to serialise, key and head an event for its registry topic."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from faststream.message import StreamMessage
+
+from contracts.registry import TopicSpec
+from contracts.v1 import Envelope, ProducedBy
+from services import __version__
+
+
+class Publisher(Protocol):
+    async def publish(
+        self, message: Any, *, key: bytes | None = ..., headers: Any = ...
+    ) -> Any: ...
+
+
+def produced_by(stage: str) -> ProducedBy:
+    return ProducedBy(service=stage, version=__version__)
+
+
+def event_headers(spec: TopicSpec, event: Envelope, stage: str) -> dict[str, str]:
+    """CloudEvents-style attributes (binary mode) for an event on `spec`'s topic."""
+    return {
+        "content-type": "application/json",
+        "ce_specversion": "1.0",
+        "ce_id": event.event_id,
+        "ce_type": f"{spec.name}.{getattr(event, 'event_type', 'event')}",
+        "ce_source": f"ragstream/{stage}",
+        "ce_time": event.produced_at.isoformat(),
+        "ce_tenant": event.tenant_id,
+        "ce_correlationid": event.correlation_id,
+    }
+
+
+def event_bytes(event: Envelope) -> bytes:
+    return event.model_dump_json().encode("utf-8")
+
+
+async def publish_event(publisher: Publisher, spec: TopicSpec, event: Envelope, stage: str) -> None:
+    """Publish `event` on its topic, keyed per the registry, and wait for the broker's ack."""
+    await publisher.publish(
+        event_bytes(event),
+        key=spec.key_bytes(event),
+        headers=event_headers(spec, event, stage),
+    )
+
+
+async def strict_json_decoder(message: StreamMessage[Any], original_decoder: Any = None) -> Any:
+    """Decode every record's value as UTF-8 JSON, whatever its content-type header claims."""
+    return json.loads(message.body.decode("utf-8", errors="strict"))

@@ -1,0 +1,47 @@
+"""Stage start-up shared by every service: topics exist, resources reach handlers via Context."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+
+from services.runtime.kafka_admin import ensure_topics, wait_for_broker
+from services.runtime.runstate import resolve_bootstrap
+from services.runtime.settings import RuntimeSettings
+
+#: Stages built so far, in pipeline order. `ragstream up` runs each of them.
+STAGES: tuple[str, ...] = ("ingest", "chunk")
+
+
+@asynccontextmanager
+async def prepare_stage(
+    broker: KafkaBroker, settings: RuntimeSettings, **resources: Any
+) -> AsyncIterator[None]:
+    """Wait for the broker, create missing topics, put `resources` in the broker's context."""
+    bootstrap = resolve_bootstrap(settings)
+    await asyncio.to_thread(wait_for_broker, bootstrap, 60.0)
+    await asyncio.to_thread(
+        ensure_topics, bootstrap, partitions_override=settings.partitions_override
+    )
+    for name, value in resources.items():
+        broker.context.set_global(name, value)
+    try:
+        yield
+    finally:
+        for name in resources:
+            broker.context.reset_global(name)
+
+
+def load_stage_app(stage: str) -> FastStream:
+    """The FastStream app of `stage`, built from settings read now (`services/<stage>/app.py`)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages built so far: {', '.join(STAGES)}")
+    module = importlib.import_module(f"services.{stage}.app")
+    app: FastStream = module.create_app()
+    return app
