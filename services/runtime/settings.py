@@ -34,6 +34,9 @@ class RuntimeSettings(BaseSettings):
         default=3, ge=1, le=10, description="Tries per event before it goes to the DLQ."
     )
     log_level: str = Field(default="INFO")
+    ready_dir: Path | None = Field(
+        default=None, description="Set by `ragstream up`: a started stage marks itself ready here."
+    )
 
 
 class IngestSettings(RuntimeSettings):

@@ -11,12 +11,22 @@ from typing import Any
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
 
+from contracts.registry import TOPICS, TopicSpec
 from services.runtime.kafka_admin import ensure_topics, wait_for_broker
 from services.runtime.runstate import resolve_bootstrap
 from services.runtime.settings import RuntimeSettings
 
 #: Stages built so far, in pipeline order. `ragstream up` runs each of them.
 STAGES: tuple[str, ...] = ("ingest", "chunk")
+
+#: The last stage of the document path built so far: `ingest --wait` waits for its lineage.
+DOCUMENT_PATH_END = "chunk"
+
+#: The topics each stage consumes (for consumer lag in `ragstream status`).
+STAGE_INPUTS: dict[str, tuple[TopicSpec, ...]] = {
+    "ingest": (TOPICS.documents, TOPICS.queries),
+    "chunk": (TOPICS.documents_accepted,),
+}
 
 
 @asynccontextmanager

@@ -1,0 +1,1 @@
+"""The `ragstream` command line: the user's and the operator's interface."""

@@ -1,0 +1,293 @@
+"""The `ragstream` command: run the pipeline, feed it, watch it, inspect what it rejected."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from services.runtime.settings import RuntimeSettings
+from services.runtime.stage import STAGES
+
+app = typer.Typer(
+    name="ragstream",
+    help="Event-streaming RAG pipeline on Kafka. `ragstream up` starts everything on this "
+    "machine; `ragstream ingest` feeds it; `ragstream status` tells whether it is ready.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+dlq_app = typer.Typer(help="Inspect and re-publish dead letters (events a stage could not handle).")
+contracts_app = typer.Typer(
+    help="The JSON Schema snapshot of the contracts and its compatibility check."
+)
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(contracts_app, name="contracts")
+
+out = Console()
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
+
+
+def _settings() -> RuntimeSettings:
+    return RuntimeSettings()
+
+
+def _bootstrap() -> str:
+    from services.runtime.runstate import resolve_bootstrap
+
+    return resolve_bootstrap(_settings())
+
+
+def _parse_scale(values: list[str]) -> dict[str, int]:
+    scale: dict[str, int] = {}
+    for value in values:
+        stage, _, count = value.partition("=")
+        if stage not in STAGES or not count.isdigit() or int(count) < 1:
+            raise typer.BadParameter(
+                f"{value!r}: use STAGE=N with N >= 1 and STAGE one of {', '.join(STAGES)}"
+            )
+        scale[stage] = int(count)
+    return scale
+
+
+@app.command()
+def up(
+    scale: Annotated[
+        list[str], typer.Option("--scale", help="Consumers per stage, e.g. --scale chunk=2.")
+    ] = [],  # noqa: B006 - typer reads the default
+    broker_port: Annotated[
+        int, typer.Option(help="Port of the embedded broker (a free one if taken; 0: any).")
+    ] = 9092,
+) -> None:
+    """Start the embedded default: broker and every stage, supervised; Ctrl-C stops all.
+
+    The Kafka broker (Tansu, topics in memory) and each stage run as their own processes;
+    a stage that crashes is restarted. Set RAGSTREAM_BOOTSTRAP_SERVERS to use an existing
+    Kafka instead of the embedded broker. Logs go to <data dir>/logs."""
+    from services.cli.processes import run_up
+
+    raise typer.Exit(run_up(_settings(), _parse_scale(scale), broker_port))
+
+
+@app.command()
+def serve(
+    stage: Annotated[str, typer.Argument(help=f"One of: {', '.join(STAGES)}.")],
+    workers: Annotated[
+        int, typer.Option(min=1, help="Consumer processes in the stage's group.")
+    ] = 1,
+) -> None:
+    """Run one stage (the production entrypoint), connected to RAGSTREAM_BOOTSTRAP_SERVERS."""
+    if stage not in STAGES:
+        raise typer.BadParameter(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    from services.cli.processes import run_serve
+
+    raise typer.Exit(run_serve(stage, workers, _settings()))
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(help="Port to listen on (0: a free one).")] = 9092,
+) -> None:
+    """Start only the embedded Kafka broker (Tansu, topics in memory) and create the topics."""
+    from services.cli.processes import run_broker
+
+    raise typer.Exit(run_broker(_settings(), port))
+
+
+@app.command()
+def status(
+    as_json: JsonFlag = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s until Ctrl-C.")] = False,
+) -> None:
+    """Is everything up (`ready`); broker address, stage pids, lag and DLQ count.
+
+    JSON fields: ready, bootstrap_servers, broker, stages.NAME.pids / ready / topics
+    (partitions, events, lag, consumer_group), dlq.count."""
+    from services.cli.status_cmd import collect_status, status_table
+
+    settings = _settings()
+    if as_json:
+        print(json.dumps(collect_status(settings), indent=2))
+        return
+    if not watch:
+        out.print(status_table(collect_status(settings)))
+        return
+    with Live(status_table(collect_status(settings)), console=out) as live:
+        try:
+            while True:
+                time.sleep(2)
+                live.update(status_table(collect_status(settings)))
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders (.md, .txt, .html).")],
+    tenant: Annotated[str, typer.Option(help="Tenant the documents belong to.")],
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Return when each document is through or rejected.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 300.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Publish files and folders as documents, with a progress bar and a summary.
+
+    A folder's files get their path relative to it as document id, so publishing it again
+    replaces changed documents and skips unchanged ones. --wait follows every document to
+    the last stage (or the DLQ) and exits 1 if any was rejected or timed out."""
+    from services.cli.ingest_cmd import ingest_paths
+
+    report = asyncio.run(ingest_paths(_bootstrap(), paths, tenant, wait, timeout, err))
+    if as_json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        _print_ingest_report(report, wait)
+    failed = report.counts().get("rejected", 0) + report.counts().get("timed_out", 0)
+    raise typer.Exit(1 if failed or not report.outcomes else 0)
+
+
+def _print_ingest_report(report: object, wait: bool) -> None:
+    from services.cli.ingest_cmd import IngestReport
+
+    assert isinstance(report, IngestReport)
+    problems = [o for o in report.outcomes.values() if o.status in ("rejected", "timed_out")]
+    if problems:
+        table = Table(title="not ingested")
+        for column in ("document", "status", "reason"):
+            table.add_column(column)
+        for o in problems:
+            table.add_row(o.doc_id, o.status, o.detail)
+        out.print(table)
+    for path, reason in report.skipped:
+        err.print(f"[yellow]skipped[/] {path}: {reason}")
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts().items()))
+    rate = len(report.outcomes) / report.elapsed_s if report.elapsed_s else 0.0
+    out.print(
+        f"{len(report.outcomes)} documents ({counts or 'none'}) in {report.elapsed_s:.1f} s "
+        f"({rate:.0f} documents/s){'' if wait else '; use --wait to follow them through'}"
+    )
+
+
+@dlq_app.command("list")
+def dlq_list(
+    stage: Annotated[str | None, typer.Option(help="Only this stage's dead letters.")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="Only this error kind, e.g. rate_limited.")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Every dead letter: stage, error kind, source topic/partition/offset, reason."""
+    from services.cli.dlq_cmd import dead_letters
+
+    letters = asyncio.run(dead_letters(_bootstrap(), stage, kind, tenant))
+    if as_json:
+        print(json.dumps([letter.model_dump(mode="json") for letter in letters], indent=2))
+        return
+    table = Table(title=f"{len(letters)} dead letters")
+    for column in ("id", "stage", "kind", "source", "tenant", "reason"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        source = f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}"
+        table.add_row(
+            letter.event_id,
+            letter.stage,
+            letter.error_kind,
+            source,
+            letter.tenant_id or "",
+            letter.reason,
+        )
+    out.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ids: Annotated[list[str], typer.Argument(help="Dead-letter ids (from `dlq list`).")] = [],  # noqa: B006
+    all_: Annotated[
+        bool, typer.Option("--all", help="Every dead letter matching the filters.")
+    ] = False,
+    stage: Annotated[str | None, typer.Option(help="Only this stage's.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this error kind.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's.")] = None,
+) -> None:
+    """Re-publish dead letters' original bytes, key and headers to their source topics."""
+    from services.cli.dlq_cmd import dead_letters, replay
+
+    if not ids and not all_:
+        raise typer.BadParameter("name dead-letter ids, or pass --all (with optional filters)")
+    bootstrap = _bootstrap()
+    letters = asyncio.run(dead_letters(bootstrap, stage, kind, tenant))
+    if ids:
+        unknown = set(ids) - {letter.event_id for letter in letters}
+        if unknown:
+            missing = ", ".join(sorted(unknown))
+            err.print(f"[red]no dead letter with id {missing}[/] (see `ragstream dlq list`)")
+            raise typer.Exit(1)
+        letters = [letter for letter in letters if letter.event_id in ids]
+    count = asyncio.run(replay(bootstrap, letters))
+    out.print(f"re-published {count} dead letters to their source topics")
+
+
+@contracts_app.command("export")
+def contracts_export(
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder (default: the snapshot).")
+    ] = None,
+) -> None:
+    """Write each topic's JSON Schema to contracts/schemas/v1/ (commit the result)."""
+    from contracts.schema import SNAPSHOT_DIR, export_snapshot
+
+    written = export_snapshot(out_dir or SNAPSHOT_DIR)
+    out.print(f"wrote {len(written)} schemas to {out_dir or SNAPSHOT_DIR}")
+
+
+@contracts_app.command("check")
+def contracts_check(
+    snapshot: Annotated[
+        Path | None, typer.Option(help="Snapshot folder (default: committed).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare the models with the committed snapshot; fail on a breaking change.
+
+    Breaking (exit 1, the field named): field removed, type changed, new required field.
+    Compatible (listed, exit 0): optional field added, topic or model added."""
+    from contracts.schema import SNAPSHOT_DIR, check_compatibility
+
+    report = check_compatibility(snapshot or SNAPSHOT_DIR)
+    if as_json:
+        print(
+            json.dumps(
+                {"ok": report.ok, "breaking": report.breaking, "compatible": report.compatible}
+            )
+        )
+    else:
+        for line in report.breaking:
+            err.print(f"[red]breaking[/] {line}")
+        for line in report.compatible:
+            out.print(f"compatible: {line}")
+        out.print(
+            "contracts compatible with the snapshot"
+            if report.ok
+            else "[red]contracts check failed[/]"
+        )
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

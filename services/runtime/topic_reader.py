@@ -1,0 +1,97 @@
+"""Reading topics without a consumer group: whole topics for the CLI and tests, or their tail."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+
+async def _assigned_consumer(
+    bootstrap_servers: str, topic: str
+) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    partitions = sorted(consumer.partitions_for_topic(topic) or ())
+    if not partitions:
+        await consumer._client.force_metadata_update()
+        partitions = sorted(consumer.partitions_for_topic(topic) or ())
+    assigned = [TopicPartition(topic, p) for p in partitions]
+    consumer.assign(assigned)
+    return consumer, assigned
+
+
+async def read_topic(
+    bootstrap_servers: str, topic: str, timeout_s: float = 30.0
+) -> list[ConsumerRecord[Any, Any]]:
+    """Every record now in `topic`, partition by partition in offset order."""
+    consumer, assigned = await _assigned_consumer(bootstrap_servers, topic)
+    try:
+        if not assigned:
+            return []
+        end = await consumer.end_offsets(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        records: list[ConsumerRecord[Any, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        pending = {tp for tp in assigned if end[tp] > 0}
+        while pending and time.monotonic() < deadline:
+            batch = await consumer.getmany(*pending, timeout_ms=500)
+            for tp, recs in batch.items():
+                records.extend(r for r in recs if r.offset < end[tp])
+            for tp in list(pending):
+                if await consumer.position(tp) >= end[tp]:
+                    pending.discard(tp)
+        if pending:
+            raise TimeoutError(f"could not read {topic} to its end within {timeout_s:.0f} s")
+        return records
+    finally:
+        await consumer.stop()
+
+
+class TopicTail:
+    """Records published to some topics from now on.
+
+    >>> async with TopicTail(bootstrap, ["ragstream.audit.v1"]) as tail:  # doctest: +SKIP
+    ...     async for record in tail.records(timeout_s=10): ...
+    """
+
+    def __init__(self, bootstrap_servers: str, topics: list[str]) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topics = topics
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def __aenter__(self) -> TopicTail:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False, group_id=None
+        )
+        await consumer.start()
+        assigned = [
+            TopicPartition(topic, p)
+            for topic in self.topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(assigned)
+        await consumer.seek_to_end(*assigned)
+        for tp in assigned:  # pin the positions now, before anything is published
+            await consumer.position(tp)
+        self._consumer = consumer
+        return self
+
+    async def records(self, timeout_s: float) -> AsyncIterator[ConsumerRecord[Any, Any]]:
+        assert self._consumer is not None, "use TopicTail as an async context manager"
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            batch = await self._consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000))
+            for recs in batch.values():
+                for record in recs:
+                    yield record
+            await asyncio.sleep(0)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
