@@ -64,13 +64,18 @@ class IngestReport:
         }
 
 
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def collect_files(paths: list[Path]) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
     """(file, doc id) pairs to publish, and (path, reason) pairs skipped."""
     files: list[tuple[Path, str]] = []
     skipped: list[tuple[str, str]] = []
     for root in paths:
         if root.is_dir():
-            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            visible = (p for p in root.rglob("*") if not _hidden(p.relative_to(root)))
+            for path in sorted(p for p in visible if p.is_file()):
                 if path.suffix.lower() in CONTENT_TYPES:
                     files.append((path, path.relative_to(root).as_posix()))
                 else:

@@ -17,10 +17,8 @@ async def _assigned_consumer(
         bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None
     )
     await consumer.start()
+    await consumer.topics()  # fetches the whole cluster's metadata
     partitions = sorted(consumer.partitions_for_topic(topic) or ())
-    if not partitions:
-        await consumer._client.force_metadata_update()
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
     assigned = [TopicPartition(topic, p) for p in partitions]
     consumer.assign(assigned)
     return consumer, assigned
@@ -70,6 +68,7 @@ class TopicTail:
             bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False, group_id=None
         )
         await consumer.start()
+        await consumer.topics()  # fetches the whole cluster's metadata
         assigned = [
             TopicPartition(topic, p)
             for topic in self.topics

@@ -1,0 +1,246 @@
+"""The async Triton client every stage uses: embed, generate, statistics; retries and a breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, TypeVar
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+from tritonclient.utils import InferenceServerException
+
+from inference.breaker import CircuitBreaker
+from inference.exceptions import (
+    ClientNotWarmedUpError,
+    InferenceRequestError,
+    InferenceUnavailableError,
+)
+from inference.generation import GenerationRequest, GenerationResult
+
+_TRANSIENT = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"}
+T = TypeVar("T")
+
+
+class EmbedPriority(IntEnum):
+    """Triton request priority for the embedder: lower is served first."""
+
+    QUERY = 1
+    DOCUMENT = 2
+
+
+@dataclass(frozen=True)
+class ModelStatistics:
+    """Triton's server-side counters for one model since it loaded."""
+
+    model: str
+    inference_count: int  # items inferred (a request of 8 texts counts 8)
+    execution_count: int  # model executions (one per batch Triton formed)
+    success_count: int  # successful requests
+    queue_ns: int
+    compute_infer_ns: int
+
+    @property
+    def average_batch_size(self) -> float:
+        return self.inference_count / self.execution_count if self.execution_count else 0.0
+
+
+def _is_transient(error: BaseException) -> bool:
+    return isinstance(error, InferenceServerException) and error.status() in _TRANSIENT
+
+
+class TritonClient:
+    """Typed async access to the `embedder` and `generator` models over gRPC.
+
+    Transient failures (UNAVAILABLE, DEADLINE_EXCEEDED) are retried with backoff; a call that
+    still fails counts toward the circuit breaker, which then fails fast with CircuitOpenError.
+
+    >>> client = TritonClient("127.0.0.1:8001")
+    >>> await client.warm_up()
+    >>> vectors = await client.embed(["what is kafka?"], priority=EmbedPriority.QUERY)
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        embed_timeout_s: float = 30.0,
+        generate_timeout_s: float = 300.0,
+        attempts: int = 3,
+        backoff_max_s: float = 2.0,
+        breaker: CircuitBreaker | None = None,
+        embed_batch_size: int = 64,
+        embedder_model: str = "embedder",
+        generator_model: str = "generator",
+    ) -> None:
+        self.url = url
+        self.embed_timeout_s = embed_timeout_s
+        self.generate_timeout_s = generate_timeout_s
+        self.attempts = attempts
+        self.backoff_max_s = backoff_max_s
+        self.breaker = breaker or CircuitBreaker(f"triton at {url}")
+        self.embed_batch_size = embed_batch_size
+        self.embedder_model = embedder_model
+        self.generator_model = generator_model
+        self.retries_total = 0
+        self._client: grpcclient.InferenceServerClient | None = None
+
+    async def warm_up(self) -> None:
+        """Open the gRPC channel (idempotent). It connects lazily: Triton may start later."""
+        if self._client is None:
+            self._client = grpcclient.InferenceServerClient(self.url)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def wait_until_ready(self, timeout_s: float = 60.0) -> None:
+        """Poll until both models are ready; raises InferenceUnavailableError at the deadline."""
+        client = self._require()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        models = (self.embedder_model, self.generator_model)
+        while True:
+            try:
+                ready = [await client.is_model_ready(m, client_timeout=2.0) for m in models]
+                if all(ready):
+                    return
+            except InferenceServerException:
+                pass
+            if loop.time() > deadline:
+                raise InferenceUnavailableError(
+                    f"models {list(models)} at {self.url} not ready after {timeout_s:.0f}s:"
+                    " is tritonserver running (ragstream triton)?"
+                )
+            await asyncio.sleep(0.2)  # poll interval, bounded by the deadline
+
+    async def embed(
+        self, texts: Sequence[str], priority: EmbedPriority = EmbedPriority.DOCUMENT
+    ) -> np.ndarray:
+        """L2-normalised vectors, shape (len(texts), 384), float32."""
+        client = self._require()
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        size = self.embed_batch_size
+        parts = [texts[i : i + size] for i in range(0, len(texts), size)]
+
+        async def embed_part(part: Sequence[str]) -> np.ndarray:
+            data = np.array([[t.encode("utf-8")] for t in part], dtype=np.object_)
+            inputs = [grpcclient.InferInput("text", list(data.shape), "BYTES")]
+            inputs[0].set_data_from_numpy(data)
+            result = await client.infer(
+                self.embedder_model,
+                inputs,
+                outputs=[grpcclient.InferRequestedOutput("embedding")],
+                priority=int(priority),
+                client_timeout=self.embed_timeout_s,
+            )
+            return np.asarray(result.as_numpy("embedding"), dtype=np.float32)
+
+        vectors = await asyncio.gather(*(self._call(lambda p=p: embed_part(p)) for p in parts))
+        return np.concatenate(vectors, axis=0)
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Generate one completion; with `json_schema`, the text is JSON valid against it."""
+        client = self._require()
+        messages = json.dumps([m.model_dump() for m in request.messages])
+        schema = json.dumps(request.json_schema) if request.json_schema is not None else ""
+        values: list[tuple[str, np.ndarray, str]] = [
+            ("messages", np.array([[messages.encode()]], dtype=np.object_), "BYTES"),
+            ("max_new_tokens", np.array([[request.max_new_tokens]], dtype=np.int32), "INT32"),
+            ("temperature", np.array([[request.temperature]], dtype=np.float32), "FP32"),
+            ("json_schema", np.array([[schema.encode()]], dtype=np.object_), "BYTES"),
+        ]
+        inputs = []
+        for name, data, datatype in values:
+            tensor = grpcclient.InferInput(name, list(data.shape), datatype)
+            tensor.set_data_from_numpy(data)
+            inputs.append(tensor)
+
+        async def infer() -> Any:
+            return await client.infer(
+                self.generator_model, inputs, client_timeout=self.generate_timeout_s
+            )
+
+        result = await self._call(infer)
+        return GenerationResult(
+            text=result.as_numpy("text").reshape(-1)[0].decode("utf-8"),
+            input_tokens=int(result.as_numpy("input_tokens").reshape(-1)[0]),
+            output_tokens=int(result.as_numpy("output_tokens").reshape(-1)[0]),
+            finish_reason=result.as_numpy("finish_reason").reshape(-1)[0].decode(),
+        )
+
+    async def statistics(self, model: str) -> ModelStatistics:
+        """Triton's inference statistics for `model` (for benchmarks and tests)."""
+        client = self._require()
+        stats = await self._call(
+            lambda: client.get_inference_statistics(model, as_json=True, client_timeout=10.0)
+        )
+        entry = stats["model_stats"][0]
+        counters = entry.get("inference_stats", {})
+
+        def number(section: str, field: str) -> int:
+            return int(counters.get(section, {}).get(field, 0))
+
+        return ModelStatistics(
+            model=model,
+            inference_count=int(entry.get("inference_count", 0)),
+            execution_count=int(entry.get("execution_count", 0)),
+            success_count=number("success", "count"),
+            queue_ns=number("queue", "ns"),
+            compute_infer_ns=number("compute_infer", "ns"),
+        )
+
+    def _require(self) -> grpcclient.InferenceServerClient:
+        if self._client is None:
+            raise ClientNotWarmedUpError(
+                f"TritonClient for {self.url} used before warm_up(): await client.warm_up() first"
+            )
+        return self._client
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run `call` through the breaker, retrying transient errors with backoff."""
+        self.breaker.before_call()
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential_jitter(initial=0.1, max=self.backoff_max_s),
+            retry=retry_if_exception(_is_transient),
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+
+        async def attempt() -> T:  # a coroutine function: tenacity awaits it on every attempt
+            return await call()
+
+        try:
+            result = await retrying(attempt)
+        except InferenceServerException as error:
+            if _is_transient(error):
+                self.breaker.record_failure()
+                raise InferenceUnavailableError(
+                    f"Triton at {self.url} failed after {self.attempts} attempts"
+                    f" ({error.status()}: {error.message()}): is tritonserver running?"
+                ) from error
+            self.breaker.record_success()  # the server answered: it is up
+            raise InferenceRequestError(
+                f"Triton at {self.url} rejected the request ({error.status()}): {error.message()}"
+            ) from error
+        except asyncio.CancelledError:
+            self.breaker.record_abandoned()
+            raise
+        self.breaker.record_success()
+        return result
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        self.retries_total += 1
