@@ -57,7 +57,9 @@ class CircuitBreaker:
         if state == "half_open" and not self._trial_in_flight:
             self._trial_in_flight = True
             return
-        remaining = 0.0 if self._opened_at is None else self.cooldown_s - (self._clock() - self._opened_at)
+        remaining = (
+            0.0 if self._opened_at is None else self.cooldown_s - (self._clock() - self._opened_at)
+        )
         raise CircuitOpenError(
             f"circuit for {self.name} is open after {self._failures} consecutive failures;"
             f" next trial in {max(remaining, 0.0):.1f}s: fall back or retry later"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 from tritonclient.utils import InferenceServerException
 
@@ -148,7 +150,9 @@ class TritonClient:
             )
             return np.asarray(result.as_numpy("embedding"), dtype=np.float32)
 
-        vectors = await asyncio.gather(*(self._call(lambda p=p: embed_part(p)) for p in parts))
+        vectors = await asyncio.gather(
+            *(self._call(functools.partial(embed_part, p)) for p in parts)
+        )
         return np.concatenate(vectors, axis=0)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
@@ -214,7 +218,7 @@ class TritonClient:
         self.breaker.before_call()
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential_jitter(initial=0.1, max=self.backoff_max_s),
+            wait=wait_exponential(multiplier=0.1, max=self.backoff_max_s) + wait_random(0, 0.05),
             retry=retry_if_exception(_is_transient),
             before_sleep=self._count_retry,
             reraise=True,
@@ -224,7 +228,7 @@ class TritonClient:
             return await call()
 
         try:
-            result = await retrying(attempt)
+            result: T = await retrying(attempt)
         except InferenceServerException as error:
             if _is_transient(error):
                 self.breaker.record_failure()

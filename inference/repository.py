@@ -1,4 +1,4 @@
-"""Prepares what tritonserver needs from the nvidia-pytriton wheel: backend stub and model repository."""
+"""Prepares the Triton backend stub and model repository from the nvidia-pytriton wheel."""
 
 from __future__ import annotations
 

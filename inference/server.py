@@ -1,4 +1,4 @@
-"""Starts and stops the bundled tritonserver on the model repository (`python -m inference.server`)."""
+"""Runs the bundled tritonserver on the model repository: start, wait until ready, stop."""
 
 from __future__ import annotations
 
@@ -37,9 +37,11 @@ def free_port() -> int:
 
 
 class TritonServer:
-    """The `tritonserver` process from the nvidia-pytriton wheel, serving `embedder` and `generator`.
+    """The `tritonserver` process from the nvidia-pytriton wheel, serving embedder and generator.
 
     Ports left as None are picked free at start. Readiness means every model reports ready.
+    Converted models are cached under `data_dir/models`; the rendered repository, backend and
+    log go to `work_dir` (default `data_dir/triton`; give each concurrent server its own).
 
     >>> with TritonServer(data_dir=Path(".ragstream")) as server:
     ...     client = TritonClient(server.grpc_url)
@@ -53,6 +55,7 @@ class TritonServer:
         grpc_port: int | None = None,
         metrics_port: int | None = None,
         device: Device = "auto",
+        work_dir: Path | None = None,
         models: Sequence[str] = MODELS,
         ready_timeout_s: float = 300.0,
         stop_timeout_s: float = 15.0,
@@ -64,7 +67,8 @@ class TritonServer:
         self.stop_timeout_s = stop_timeout_s
         self._ports = (http_port, grpc_port, metrics_port)
         self.http_port = self.grpc_port = self.metrics_port = 0
-        self.log_path = self.data_dir / "triton" / "tritonserver.log"
+        self.work_dir = (work_dir or self.data_dir / "triton").resolve()
+        self.log_path = self.work_dir / "tritonserver.log"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -89,7 +93,7 @@ class TritonServer:
         if self.running:
             return self
         install = locate_triton()
-        work = self.data_dir / "triton"
+        work = self.work_dir
         backends = prepare_python_backend(install, work / "backends")
         repository = render_model_repository(work / "model_repository", self.device)
         http, grpc, metrics = (port or free_port() for port in self._ports)
@@ -101,6 +105,8 @@ class TritonServer:
             f"--http-port={http}",
             f"--grpc-port={grpc}",
             f"--metrics-port={metrics}",
+            "--model-control-mode=explicit",  # load exactly `models`, nothing else
+            *(f"--load-model={model}" for model in self.models),
             "--allow-gpu-metrics=false",
             "--strict-readiness=true",
             "--exit-on-error=true",
@@ -201,12 +207,12 @@ class TritonServer:
         self.stop()
 
 
-def run_triton_foreground(
-    server: TritonServer, announce: Callable[[str], None] = print
-) -> int:
+def run_triton_foreground(server: TritonServer, announce: Callable[[str], None] = print) -> int:
     """Run `server` until SIGINT/SIGTERM or until it dies; what `ragstream triton` calls."""
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         server.start()
         announce(
@@ -226,13 +232,17 @@ def run_triton_foreground(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.server", description=__doc__)
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("RAGSTREAM_DATA_DIR", ".ragstream")))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("RAGSTREAM_DATA_DIR", ".ragstream"))
+    )
     parser.add_argument("--http-port", type=int)
     parser.add_argument("--grpc-port", type=int)
     parser.add_argument("--metrics-port", type=int)
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     parser.add_argument("--ready-timeout", type=float, default=300.0)
-    parser.add_argument("--render-only", type=Path, metavar="DIR", help="write the model repository to DIR and exit")
+    parser.add_argument(
+        "--render-only", type=Path, metavar="DIR", help="write the model repository to DIR and exit"
+    )
     args = parser.parse_args(argv)
     if args.render_only:
         print(render_model_repository(args.render_only, args.device))

@@ -140,10 +140,12 @@ class Chunker:
         return chunks
 
     def chunk(self, text: str, markdown: bool = True) -> list[ChunkDraft]:
-        blocks = split_blocks(text, markdown) or [Block((), text.strip())]
+        blocks = split_blocks(text, markdown) or ([Block((), text.strip())] if text.strip() else [])
         drafts: list[ChunkDraft] = []
         for path, section in groupby(blocks, key=lambda b: b.heading_path):
             for chunk_text in self._pack(list(section)):
+                if not self.count(chunk_text):
+                    continue  # nothing the embedder would see (zero-width characters only)
                 drafts.append(
                     ChunkDraft(
                         position=len(drafts),

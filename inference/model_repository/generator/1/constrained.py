@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llguidance
 import llguidance.hf
 import numpy as np
 import torch
-from transformers import LogitsProcessor, PreTrainedTokenizerBase
+from transformers import LogitsProcessor, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
 
 # Compact JSON (no free whitespace): fewer tokens, and the closing mode below never has to
 # compete with indentation.
-_JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False}
+_JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False}
 # Tokens reserved beyond the smallest valid document, for closing nested brackets and strings.
 _RESERVE_MARGIN = 8
 
@@ -33,6 +36,11 @@ class GrammarVocabulary:
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> None:
+        if not isinstance(tokenizer, PreTrainedTokenizerFast):
+            raise TypeError(
+                "constrained decoding needs a fast (Rust) tokenizer, got"
+                f" {type(tokenizer).__name__}: save the checkpoint with tokenizer.json"
+            )
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
@@ -48,7 +56,12 @@ class GrammarVocabulary:
 
     def json_row(self, schema: dict[str, Any], budget: int, temperature: float) -> RowState:
         """Compile `schema` into a matcher for one request; raises SchemaError if it can't."""
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=_JSON_OPTIONS)
+        if not isinstance(schema, dict):
+            raise SchemaError(f"json_schema must be a JSON object, got {type(schema).__name__}")
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=_JSON_OPTIONS)
+        except ValueError as error:
+            raise SchemaError(f"json_schema cannot be compiled into a grammar: {error}") from error
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
             grammar, self.ll_tokenizer
         )
@@ -132,7 +145,7 @@ class ConstrainedBatchProcessor(LogitsProcessor):
         return allowed
 
     def _in_string(self, row: RowState) -> bool | None:
-        """Whether the JSON generated so far ends inside a string (None: right after a backslash)."""
+        """Whether the JSON so far ends inside a string (None: right after a backslash)."""
         text = self._vocab.ll_tokenizer.decode_bytes(row.tokens)
         inside, escaped = False, False
         for byte in text:
@@ -169,7 +182,7 @@ class ConstrainedBatchProcessor(LogitsProcessor):
 
 
 def _structure_score(text: bytes) -> float:
-    """Outside a string: brackets close (the more the better), a comma moves on, `""` ends a value."""
+    """Outside a string: brackets close (more is better), a comma moves on, `""` ends a value."""
     if text[:1] in (b"]", b"}"):
         return 2.0 + len(text) - len(text.lstrip(b"]}"))
     if text == b'""' or text.startswith(b","):

@@ -1,4 +1,4 @@
-"""Triton Python-backend model `generator`: SmolLM2-135M-Instruct chat with JSON-constrained output."""
+"""Triton Python-backend model `generator`: SmolLM2-135M-Instruct chat, JSON-constrained output."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def ensure_checkpoint(data_dir: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE, dtype="float32")
     # The weights are de-quantized to float32 on load; drop the GGUF marker so they save plainly.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ class TritonPythonModel:
         self._tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         self._tokenizer.padding_side = "left"
         model = AutoModelForCausalLM.from_pretrained(checkpoint, local_files_only=True)
-        self._model = model.to(self._device).eval()
+        self._model = model.to(self._device).eval()  # type: ignore[arg-type]
         self._vocab = GrammarVocabulary(self._tokenizer, self._model.config.vocab_size)
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -118,8 +118,8 @@ class TritonPythonModel:
         responses = []
         for span in spans:
             if isinstance(span, str):
-                error = pb_utils.TritonError(span, pb_utils.TritonError.INVALID_ARG)
-                responses.append(pb_utils.InferenceResponse(error=error))
+                invalid = pb_utils.TritonError(span, pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=invalid))
             else:
                 responses.append(self._response(results[span[0] : span[1]]))
         return responses
@@ -158,17 +158,24 @@ class TritonPythonModel:
             messages = json.loads(bytes(raw).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"messages is not UTF-8 JSON: {error}") from error
-        if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str)
-            for m in messages
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(
+                isinstance(m, dict)
+                and m.get("role") in _ROLES
+                and isinstance(m.get("content"), str)
+                for m in messages
+            )
         ):
             raise ValueError(
                 "messages must be a non-empty JSON list of {role, content} objects with role"
                 f" one of {sorted(_ROLES)}; got {bytes(raw)[:200]!r}"
             )
-        return self._tokenizer.apply_chat_template(
+        prompt = self._tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False
         )
+        return str(prompt)
 
     def _generate(self, rows: list[_Request]) -> list[tuple[str, int, int, str]]:
         encoded = self._tokenizer(
@@ -203,7 +210,7 @@ class TritonPythonModel:
             if state.matcher is not None:
                 finish = "stop" if state.is_complete() else "length"
             input_tokens = int(encoded["attention_mask"][index].sum())
-            text = self._tokenizer.decode(tokens, skip_special_tokens=True)
+            text = str(self._tokenizer.decode(tokens, skip_special_tokens=True))
             results.append((text, input_tokens, len(tokens), finish))
         return results
 
@@ -219,6 +226,3 @@ class TritonPythonModel:
             ),
         ]
         return pb_utils.InferenceResponse(output_tensors=tensors)
-
-    def finalize(self) -> None:
-        self._model = None

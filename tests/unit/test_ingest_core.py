@@ -1,0 +1,111 @@
+"""ingest's pure core: normalisation, HTML, acceptance rules, versions and rate limits."""
+
+from pathlib import Path
+
+import pytest
+
+from contracts.v1 import DocumentUpsertV1, ProducedBy, QueryV1
+from services.ingest.acceptance import PreparedDocument, prepare_document, prepare_question
+from services.ingest.normalise import Rejection, html_to_markdown, normalise_text
+from services.ingest.rate_limits import TenantRateLimits
+from services.ingest.versions import DocumentVersions
+from services.runtime.settings import IngestSettings
+
+SETTINGS = IngestSettings(max_document_bytes=1_000, max_question_chars=50)
+
+
+def upsert(content: str, content_type: str = "text/markdown") -> DocumentUpsertV1:
+    return DocumentUpsertV1(
+        tenant_id="acme",
+        correlation_id="c-1",
+        produced_by=ProducedBy(service="test", version="1"),
+        doc_id="d-42",
+        content_type=content_type,  # type: ignore[arg-type]
+        content=content,
+    )
+
+
+def test_normalise_text_tidies_whitespace_controls_and_unicode() -> None:
+    assert normalise_text("Cafe\u0301 \r\nline  \x00two\n\n\n\nend  ") == "Café\nline  two\n\nend"
+
+
+def test_html_keeps_headings_lists_and_code_and_drops_scripts() -> None:
+    html = (
+        "<html><head><title>t</title><script>alert(1)</script></head><body>"
+        "<h1>Leave</h1><p>Twenty <b>days</b>.</p><ul><li>one</li><li>two</li></ul>"
+        "<h2>Sick</h2><pre>x = 1\n  y</pre></body></html>"
+    )
+    assert html_to_markdown(html) == (
+        "# Leave\n\nTwenty days .\n\n- one\n- two\n\n## Sick\n\n```\nx = 1\n  y\n```"
+    )
+
+
+def test_deeply_nested_html_is_rejected() -> None:
+    result = html_to_markdown("<div>" * 500 + "x" + "</div>" * 500)
+    assert isinstance(result, Rejection)
+    assert "nested deeper than" in result.reason
+
+
+def test_html_document_becomes_markdown() -> None:
+    prepared = prepare_document(upsert("<h1>A</h1><p>b</p>", "text/html"), SETTINGS)
+    assert prepared == PreparedDocument("# A\n\nb", "text/markdown", prepared.content_hash)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("   \n\t ", "no text content"),
+        ("x" * 1_001, "over the 1000 bytes limit (RAGSTREAM_MAX_DOCUMENT_BYTES)"),
+        ("bad \udc80 surrogate", "not valid Unicode"),
+    ],
+)
+def test_bad_documents_are_rejected_with_a_reason(content: str, reason: str) -> None:
+    result = prepare_document(upsert(content), SETTINGS)
+    assert isinstance(result, Rejection)
+    assert reason in result.reason
+    assert "d-42" in result.reason and "acme" in result.reason
+
+
+def test_questions_are_normalised_and_limited() -> None:
+    def ask(text: str) -> QueryV1:
+        return QueryV1(
+            tenant_id="acme",
+            correlation_id="r",
+            produced_by=ProducedBy(service="t", version="1"),
+            request_id="r-1",
+            question=text,
+        )
+
+    prepared = prepare_question(ask("  How many\n days?  "), SETTINGS)
+    assert not isinstance(prepared, Rejection)
+    assert prepared.question == "How many days?"
+    assert isinstance(prepare_question(ask("   "), SETTINGS), Rejection)
+    too_long = prepare_question(ask("why " * 20), SETTINGS)
+    assert isinstance(too_long, Rejection) and "RAGSTREAM_MAX_QUESTION_CHARS" in too_long.reason
+
+
+def test_versions_drop_unchanged_and_number_changes(tmp_path: Path) -> None:
+    versions = DocumentVersions(tmp_path / "v.sqlite3")
+    first = versions.decide_upsert("acme", "d", "a" * 64)
+    assert (first.kind, first.version) == ("new", 1)
+    versions.record("acme", "d", "a" * 64, 1)
+    assert versions.decide_upsert("acme", "d", "a" * 64).kind == "unchanged"
+    assert versions.decide_upsert("other", "d", "a" * 64).kind == "new"
+    changed = versions.decide_upsert("acme", "d", "b" * 64)
+    assert (changed.kind, changed.version) == ("changed", 2)
+    versions.record("acme", "d", "b" * 64, 2)
+    deleted = versions.decide_delete("acme", "d")
+    assert (deleted.kind, deleted.version) == ("deleted", 3)
+    versions.record("acme", "d", None, 3)
+    assert versions.decide_delete("acme", "d").kind == "already_deleted"
+    again = versions.decide_upsert("acme", "d", "b" * 64)
+    assert (again.kind, again.version) == ("changed", 4)
+    versions.close()
+    reopened = DocumentVersions(tmp_path / "v.sqlite3")
+    assert reopened.decide_delete("acme", "d").kind == "already_deleted"
+
+
+async def test_rate_limits_are_per_tenant() -> None:
+    limits = TenantRateLimits(rate_per_second=0.001, burst=3)
+    assert [await limits.try_acquire("flood") for _ in range(5)] == [True, True, True, False, False]
+    assert await limits.try_acquire("quiet")

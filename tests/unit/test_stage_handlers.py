@@ -1,0 +1,112 @@
+"""ingest and chunk handlers, one at a time, on FastStream's in-memory test broker."""
+
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faststream.kafka import KafkaBroker, TestKafkaBroker
+
+from contracts.registry import TOPICS
+from contracts.v1 import AcceptedDocumentV1, DocumentUpsertV1, ProducedBy
+from services.chunk import app as chunk_stage
+from services.chunk.chunker import Chunker, load_tokenizer
+from services.ingest import app as ingest_stage
+from services.runtime.dead_letters import DeadLetterMiddleware
+from services.runtime.publishing import event_bytes, strict_json_decoder
+from services.runtime.settings import IngestSettings
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+
+def _broker(stage: str, router: Any) -> KafkaBroker:
+    broker = KafkaBroker(
+        middlewares=[DeadLetterMiddleware.for_stage(stage, attempts=2, retry_wait_s=0.01)],
+        decoder=strict_json_decoder,
+    )
+    broker.include_router(router)
+    return broker
+
+
+def upsert(content: str = "# Leave\n\nTwenty days.", tenant: str = "acme") -> DocumentUpsertV1:
+    return DocumentUpsertV1(
+        tenant_id=tenant,
+        correlation_id="c-1",
+        produced_by=ProducedBy(service="test", version="1"),
+        doc_id="handbook.md",
+        content_type="text/markdown",
+        content=content,
+    )
+
+
+@pytest.fixture
+async def ingest(tmp_path: Path) -> AsyncIterator[tuple[KafkaBroker, list[bytes]]]:
+    broker = _broker("ingest", ingest_stage.router)
+    dead: list[dict[str, Any]] = []
+
+    @broker.subscriber(TOPICS.dlq.name)
+    async def dlq_sink(letter: dict[str, Any]) -> None:
+        dead.append(letter)
+
+    settings = IngestSettings(data_dir=tmp_path, tenant_burst=3, tenant_rate_per_second=0.001)
+    resources = ingest_stage.IngestResources.open(settings)
+    broker.context.set_global("ingest", resources)
+    async with TestKafkaBroker(broker) as test_broker:
+        yield test_broker, dead
+    resources.versions.close()
+
+
+async def test_ingest_accepts_a_document_then_drops_its_unchanged_republish(ingest: Any) -> None:
+    broker, dead = ingest
+    await broker.publish(event_bytes(upsert()), TOPICS.documents.name)
+    ingest_stage.accepted_documents.mock.assert_called_once()
+    accepted = AcceptedDocumentV1.model_validate(
+        ingest_stage.accepted_documents.mock.call_args.args[0]
+    )
+    assert (accepted.doc_version, accepted.text) == (1, "# Leave\n\nTwenty days.")
+
+    await broker.publish(event_bytes(upsert()), TOPICS.documents.name)
+    ingest_stage.accepted_documents.mock.assert_called_once()
+    await broker.publish(event_bytes(upsert("# Leave\n\nThirty days.")), TOPICS.documents.name)
+    assert ingest_stage.accepted_documents.mock.call_count == 2
+    changed = AcceptedDocumentV1.model_validate(
+        ingest_stage.accepted_documents.mock.call_args.args[0]
+    )
+    assert changed.doc_version == 2
+    assert dead == []
+
+
+async def test_ingest_sends_bad_and_over_limit_events_to_the_dlq(ingest: Any) -> None:
+    broker, dead = ingest
+    await broker.publish(b"\xffnot json", TOPICS.documents.name)
+    await broker.publish(event_bytes(upsert("   ")), TOPICS.documents.name)
+    for n in range(4):  # burst of 3 per tenant; the empty one above took one
+        await broker.publish(event_bytes(upsert(f"v{n}", tenant="flood")), TOPICS.documents.name)
+    assert [letter["error_kind"] for letter in dead] == ["not_utf8", "rejected", "rate_limited"]
+    assert "rate limit" in dead[2]["reason"]
+    assert base64.b64decode(dead[0]["original_value"]) == b"\xffnot json"
+    ingest_stage.accepted_documents.mock.assert_called()
+
+
+async def test_chunk_publishes_chunks_then_the_chunk_set() -> None:
+    broker = _broker("chunk", chunk_stage.router)
+    broker.context.set_global("chunker", Chunker(load_tokenizer(), 200, 30))
+    document = AcceptedDocumentV1(
+        tenant_id="acme",
+        correlation_id="c-1",
+        produced_by=ProducedBy(service="test", version="1"),
+        doc_id="handbook.md",
+        doc_version=3,
+        content_hash="a" * 64,
+        content_type="text/markdown",
+        text="# Leave\n\nTwenty days.\n\n# Pay\n\nMonthly.",
+    )
+    async with TestKafkaBroker(broker) as test_broker:
+        await test_broker.publish(event_bytes(document), TOPICS.documents_accepted.name)
+        calls = chunk_stage.chunks.mock.call_args_list
+        published = [TOPICS.chunks.adapter.validate_python(c.args[0]) for c in calls]
+    assert [type(e).__name__ for e in published] == ["ChunkV1", "ChunkV1", "ChunkSetV1"]
+    assert [e.heading_path for e in published[:2]] == [["Leave"], ["Pay"]]
+    assert published[2].chunk_ids == [published[0].chunk_id, published[1].chunk_id]
+    assert all(e.doc_version == 3 and e.causation_id == document.event_id for e in published)
