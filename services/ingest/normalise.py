@@ -12,6 +12,7 @@ from bs4 import BeautifulSoup, NavigableString, Tag
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\ufeff]")
 _TRAILING_SPACE = re.compile(r"[ \t\u00a0]+\n")
 _BLANK_RUNS = re.compile(r"\n{3,}")
+_INVISIBLE = {"Cc", "Cf", "Cs"}  # control, format (zero-width …), surrogate
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}
 _BLOCKS = set(
     "p div section article main header footer blockquote table tr ul ol dl dt dd figure "
@@ -32,6 +33,7 @@ def normalise_text(text: str) -> str:
     """NFC, LF line ends, no control characters, no trailing spaces, at most one blank line."""
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
     text = _CONTROL.sub("", text)
+    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) not in _INVISIBLE)
     text = _TRAILING_SPACE.sub("\n", text + "\n")
     return _BLANK_RUNS.sub("\n\n", text).strip()
 

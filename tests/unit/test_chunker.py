@@ -115,5 +115,5 @@ def test_any_text_chunks_within_limits_deterministically(
         assert draft.text.strip()
         assert draft.token_count == chunker.count(draft.text) <= max_tokens
         assert chunker.count(draft.text) + 2 <= MODEL_MAX_TOKENS
-    if text.strip():
-        assert drafts, "every document with text yields at least one chunk"
+    if chunker.count(text):
+        assert drafts, "every document the embedder sees anything of yields a chunk"
