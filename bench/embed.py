@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.client import TritonClient  # noqa: E402
-from inference.server import TritonServer  # noqa: E402
+from inference.client import TritonClient
+from inference.server import TritonServer
 
 _WORDS = (
     "kafka partition offset consumer group tenant vector chunk embedding triton batch queue"

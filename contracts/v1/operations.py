@@ -72,6 +72,12 @@ class DeadLetterV1(ContractModel):
     source_key: str | None = None
     source_timestamp_ms: int | None = None
     original_value: Base64Bytes = Field(description="The original message bytes, base64.")
+    original_value_truncated: bool = Field(
+        default=False,
+        description="True when the original was too large for the DLQ and only its first "
+        "64 KiB are kept (`original_size` says how large it was).",
+    )
+    original_size: int | None = Field(default=None, ge=0, description="Bytes of the original.")
     original_headers: list[KafkaHeaderV1] = Field(default_factory=list)
     tenant_id: str | None = Field(default=None, description="When it could be read.")
     correlation_id: str | None = Field(default=None, description="When it could be read.")

@@ -14,6 +14,8 @@ from services.runtime.publishing import strict_json_decoder
 from services.runtime.runstate import resolve_bootstrap
 from services.runtime.settings import RuntimeSettings
 
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
 
 def make_broker(settings: RuntimeSettings, stage: str, **kwargs: Any) -> KafkaBroker:
     return KafkaBroker(
@@ -22,6 +24,8 @@ def make_broker(settings: RuntimeSettings, stage: str, **kwargs: Any) -> KafkaBr
         middlewares=[DeadLetterMiddleware.for_stage(stage, attempts=settings.handler_attempts)],
         decoder=strict_json_decoder,
         logger=logging.getLogger(f"ragstream.{stage}"),
+        # A dead letter carries its original base64-encoded (4/3 larger) plus its metadata.
+        max_request_size=MAX_REQUEST_BYTES,
         **kwargs,
     )
 

@@ -17,6 +17,7 @@ from collections import Counter
 from typing import Any
 
 from aiokafka import ConsumerRecord
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from faststream import BaseMiddleware
 from faststream.exceptions import HandlerException, StopConsume
 from faststream.message import StreamMessage
@@ -39,6 +40,8 @@ logger = logging.getLogger("ragstream.dlq")
 #: Dead letters published by this process, per (stage, error kind).
 DEAD_LETTER_COUNTS: Counter[tuple[str, str]] = Counter()
 
+TRUNCATED_BYTES = 64 * 1024
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
 _NOT_RETRIED = (ValidationError, UnicodeDecodeError, json.JSONDecodeError, RecursionError)
 
 
@@ -84,6 +87,15 @@ def _readable(payload: Any, field: str) -> str | None:
     return None
 
 
+async def _send_dead_letter(broker: Any, letter: DeadLetterV1) -> None:
+    await broker.publish(
+        letter.model_dump_json().encode("utf-8"),
+        topic=TOPICS.dlq.name,
+        key=TOPICS.dlq.key_bytes(letter),
+        headers={"content-type": "application/json", "ce_type": "ragstream.dlq.v1"},
+    )
+
+
 def dead_letter_for(
     record: ConsumerRecord[Any, Any],
     stage: str,
@@ -107,6 +119,7 @@ def dead_letter_for(
         source_key=key,
         source_timestamp_ms=record.timestamp,
         original_value=base64.b64encode(record.value or b""),  # Base64Bytes takes base64
+        original_size=len(record.value or b""),
         original_headers=_headers(record),
         tenant_id=_readable(payload, "tenant_id"),
         correlation_id=_readable(payload, "correlation_id"),
@@ -114,18 +127,35 @@ def dead_letter_for(
     )
 
 
+def _truncated(letter: DeadLetterV1) -> DeadLetterV1:
+    kept = letter.original_value[:TRUNCATED_BYTES]
+    return letter.model_copy(
+        update={
+            "original_value": kept,
+            "original_value_truncated": True,
+            "reason": f"{letter.reason} (original of {len(letter.original_value)} bytes too "
+            f"large for the DLQ; first {len(kept)} bytes kept)",
+        }
+    )
+
+
 async def publish_dead_letter(broker: Any, letter: DeadLetterV1) -> None:
-    """Publish a dead letter and wait for the broker's ack (retried: nothing may be lost)."""
+    """Publish a dead letter and wait for the broker's ack (retried: nothing may be lost).
+
+    A letter too large for the broker keeps only the first 64 KiB of the original, marked
+    truncated, so that one huge record cannot stall its partition forever."""
     async for attempt in AsyncRetrying(
-        stop=stop_after_attempt(5), wait=wait_exponential(min=0.2, max=5), reraise=True
+        stop=stop_after_attempt(5),
+        wait=wait_exponential(min=0.2, max=5),
+        retry=retry_if_not_exception_type(_TOO_LARGE),
+        reraise=True,
     ):
         with attempt:
-            await broker.publish(
-                letter.model_dump_json().encode("utf-8"),
-                topic=TOPICS.dlq.name,
-                key=TOPICS.dlq.key_bytes(letter),
-                headers={"content-type": "application/json", "ce_type": "ragstream.dlq.v1"},
-            )
+            try:
+                await _send_dead_letter(broker, letter)
+            except _TOO_LARGE:
+                letter = _truncated(letter)
+                await _send_dead_letter(broker, letter)
     DEAD_LETTER_COUNTS[(letter.stage, letter.error_kind)] += 1
     logger.warning(
         "dead-lettered %s[%d]@%d (%s): %s",

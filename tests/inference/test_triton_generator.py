@@ -101,3 +101,15 @@ async def test_invalid_schema_is_rejected_with_the_reason(triton_client: TritonC
     )
     with pytest.raises(InferenceRequestError, match="json_schema"):
         await triton_client.generate(request)
+
+
+async def test_budget_below_the_smallest_document_is_rejected(
+    triton_client: TritonClient,
+) -> None:
+    request = GenerationRequest(
+        messages=[ChatMessage(role="user", content="hi")],
+        max_new_tokens=8,
+        json_schema=ANSWER_SCHEMA,
+    )
+    with pytest.raises(InferenceRequestError, match="max_new_tokens is 8, too few"):
+        await triton_client.generate(request)

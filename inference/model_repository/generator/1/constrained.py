@@ -67,9 +67,14 @@ class GrammarVocabulary:
         )
         if is_error:
             raise SchemaError(f"json_schema cannot be compiled into a grammar: {messages[0]}")
-        matcher = llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0)
         smallest = json.dumps(minimal_instance(schema), separators=(",", ":"))
         reserve = len(self.tokenizer.encode(smallest, add_special_tokens=False)) + _RESERVE_MARGIN
+        if budget < reserve:
+            raise SchemaError(
+                f"max_new_tokens is {budget}, too few for json_schema: its smallest valid"
+                f" document takes about {reserve - _RESERVE_MARGIN} tokens; give at least {reserve}"
+            )
+        matcher = llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0)
         return RowState(budget=budget, temperature=temperature, matcher=matcher, reserve=reserve)
 
 
@@ -181,19 +186,24 @@ class ConstrainedBatchProcessor(LogitsProcessor):
         return forced
 
 
+def _plain_score(text: bytes) -> float:
+    """A token of printable ASCII beats a fragment of a multi-byte character (fewer tokens)."""
+    return 0.25 if text and all(0x20 <= byte < 0x7F for byte in text) else 0.0
+
+
 def _structure_score(text: bytes) -> float:
     """Outside a string: brackets close (more is better), a comma moves on, `""` ends a value."""
     if text[:1] in (b"]", b"}"):
         return 2.0 + len(text) - len(text.lstrip(b"]}"))
     if text == b'""' or text.startswith(b","):
         return 1.0
-    return 0.5 if text == b'"' else 0.0
+    return 0.5 if text == b'"' else _plain_score(text)
 
 
 def _string_score(text: bytes) -> float:
     """Inside a string: only a leading quote closes it; brackets after it close further."""
     if not text.startswith(b'"'):
-        return 0.0
+        return _plain_score(text)
     rest = text[1:]
     return 2.0 + len(rest) - len(rest.lstrip(b"]}"))
 

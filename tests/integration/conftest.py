@@ -1,0 +1,143 @@
+"""Integration fixtures: a real Tansu broker and the real stage processes, started once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from contracts.registry import TOPICS
+from services.runtime.embedded_broker import EmbeddedBroker
+from services.runtime.kafka_admin import ensure_topics
+from services.runtime.publishing import event_bytes
+from services.runtime.topic_reader import read_topic
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log) as broker:
+        ensure_topics(broker.bootstrap_servers)
+        yield broker
+
+
+@dataclass
+class StageProcesses:
+    """`ragstream serve STAGE` processes, as production runs them."""
+
+    bootstrap: str
+    data_dir: Path
+    ready_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, stage: str, **env: str) -> None:
+        log = open(self.data_dir / f"{stage}.log", "ab")
+        self.processes[stage] = subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", "serve", stage],
+            env={
+                **os.environ,
+                "RAGSTREAM_BOOTSTRAP_SERVERS": self.bootstrap,
+                "RAGSTREAM_DATA_DIR": str(self.data_dir),
+                "RAGSTREAM_READY_DIR": str(self.ready_dir),
+                **env,
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for stage, process in self.processes.items():
+                if process.poll() is not None:
+                    log = (self.data_dir / f"{stage}.log").read_text()[-3000:]
+                    raise RuntimeError(f"{stage} exited with {process.returncode}:\n{log}")
+            if all((self.ready_dir / f"{s}-{p.pid}").exists() for s, p in self.processes.items()):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"stages not ready within {timeout_s} s")
+
+    def alive(self, stage: str) -> bool:
+        return self.processes[stage].poll() is None
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture(scope="session")
+def pipeline(
+    kafka: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StageProcesses]:
+    data_dir = tmp_path_factory.mktemp("ragstream-data")
+    stages = StageProcesses(kafka.bootstrap_servers, data_dir, data_dir / "ready")
+    for stage in ("ingest", "chunk"):
+        stages.start(stage, RAGSTREAM_TENANT_BURST="5000")
+    try:
+        stages.wait_ready()
+        yield stages
+    finally:
+        stages.stop()
+
+
+@pytest.fixture(scope="session")
+async def producer(kafka: EmbeddedBroker) -> AsyncIterator[AIOKafkaProducer]:
+    """A plain Kafka client as the upstream system."""
+    client = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=5)
+    await client.start()
+    yield client
+    await client.stop()
+
+
+def tenant_name(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex[:8]}"
+
+
+async def publish_events(producer: AIOKafkaProducer, topic: Any, events: list[Any]) -> None:
+    futures = [
+        await producer.send(topic.name, event_bytes(event), key=topic.key_bytes(event))
+        for event in events
+    ]
+    await asyncio.gather(*futures)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], timeout_s: float = 120.0, what: str = "condition"
+) -> T:
+    """Poll `probe` until it returns something truthy (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{what} not reached within {timeout_s} s (last probe: {last!r})")
+
+
+async def events_on(bootstrap: str, topic: Any, tenants: set[str]) -> list[Any]:
+    """Every event on `topic` of these tenants, decoded with its contract."""
+    records = await read_topic(bootstrap, topic.name)
+    decoded = (topic.adapter.validate_json(r.value) for r in records)
+    return [event for event in decoded if getattr(event, "tenant_id", None) in tenants]
+
+
+__all__ = ["TOPICS", "StageProcesses", "events_on", "eventually", "publish_events", "tenant_name"]
