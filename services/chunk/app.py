@@ -9,6 +9,7 @@ from typing import Annotated
 from faststream import Context, FastStream
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker
+from pydantic import JsonValue
 
 from contracts.registry import TOPICS
 from contracts.v1 import (
@@ -76,7 +77,7 @@ async def chunk_document(
         deleted=isinstance(event, DocumentRemovedV1),
     )
     await publish_event(chunks, TOPICS.chunks, chunk_set, STAGE)
-    details = {
+    details: dict[str, JsonValue] = {
         "doc_version": event.doc_version,
         "chunks": len(published),
         "tokens": sum(c.token_count for c in published),

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from contracts.registry import TOPICS
-from contracts.v1 import DocumentUpsertV1
+from contracts.v1 import DocumentUpsertV1, new_event_id
 from contracts.v1.documents import UpstreamContentType
 from services.runtime.publishing import event_bytes, event_headers, produced_by
 from services.runtime.stage import DOCUMENT_PATH_END
@@ -97,7 +97,7 @@ def document_event(path: Path, doc_id: str, tenant: str, content: str) -> Docume
     title = (
         " ".join(match.group(1).split()) if match else path.stem.replace("-", " ").replace("_", " ")
     )
-    event_id = DocumentUpsertV1.model_fields["event_id"].default_factory()  # type: ignore[misc]
+    event_id = new_event_id()
     return DocumentUpsertV1(
         event_id=event_id,
         tenant_id=tenant,

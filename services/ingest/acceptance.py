@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from contracts.v1 import DocumentUpsertV1, QueryV1
 from services.ingest.normalise import (
@@ -19,7 +20,7 @@ from services.runtime.settings import IngestSettings
 @dataclass(frozen=True)
 class PreparedDocument:
     text: str
-    content_type: str
+    content_type: Literal["text/plain", "text/markdown"]
     content_hash: str
 
 
@@ -40,13 +41,15 @@ def prepare_document(
             f"{where} is {_megabytes(size)}, over the {_megabytes(settings.max_document_bytes)} "
             "limit (RAGSTREAM_MAX_DOCUMENT_BYTES); split it or raise the limit"
         )
+    content_type: Literal["text/plain", "text/markdown"] = "text/markdown"
     if event.content_type == "text/html":
         converted = html_to_markdown(event.content)
         if isinstance(converted, Rejection):
             return Rejection(f"{where}: {converted.reason}")
-        text, content_type = converted, "text/markdown"
+        text = converted
     else:
-        text, content_type = normalise_text(event.content), event.content_type
+        text = normalise_text(event.content)
+        content_type = event.content_type
     if not text:
         return Rejection(f"{where} has no text content after normalisation (empty or whitespace)")
     return PreparedDocument(text=text, content_type=content_type, content_hash=sha256_hex(text))

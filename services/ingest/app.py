@@ -11,6 +11,7 @@ from typing import Annotated
 from faststream import Context, FastStream
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
+from pydantic import JsonValue
 
 from contracts.registry import TOPICS
 from contracts.v1 import (
@@ -125,7 +126,10 @@ async def ingest_document(
         return
     decision = ingest.versions.decide_upsert(event.tenant_id, event.doc_id, prepared.content_hash)
     if decision.kind == "unchanged":
-        details = {"doc_version": decision.version, "content_hash": prepared.content_hash}
+        details: dict[str, JsonValue] = {
+            "doc_version": decision.version,
+            "content_hash": prepared.content_hash,
+        }
         await publish_lineage(
             broker, lineage_record(STAGE, event, "duplicate", started, details=details)
         )
@@ -136,7 +140,7 @@ async def ingest_document(
         content_hash=prepared.content_hash,
         title=event.title,
         source_uri=event.source_uri,
-        content_type=prepared.content_type,  # type: ignore[arg-type]
+        content_type=prepared.content_type,
         text=prepared.text,
         metadata=event.metadata,
     )

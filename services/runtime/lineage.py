@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +23,7 @@ def lineage_record(
     outcome: str,
     started_at: datetime,
     outputs: Sequence[Envelope] = (),
-    details: dict[str, JsonValue] | None = None,
+    details: Mapping[str, JsonValue] | None = None,
 ) -> LineageRecordV1:
     return LineageRecordV1(
         tenant_id=event.tenant_id,
@@ -36,7 +36,7 @@ def lineage_record(
         outcome=outcome,
         started_at=started_at,
         finished_at=utc_now(),
-        details=details or {},
+        details=dict(details or {}),
     )
 
 
