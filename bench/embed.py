@@ -52,7 +52,7 @@ async def triton_rate(
 ) -> tuple[float, float]:
     client = TritonClient(url)
     await client.warm_up()
-    await client.wait_until_ready(timeout_s=120)
+    await client.wait_until_ready(timeout_s=120, models=["embedder"])
     await client.embed(chunks[:request_size])  # warm-up
     before = await client.statistics("embedder")
     requests = [chunks[i : i + request_size] for i in range(0, len(chunks), request_size)]

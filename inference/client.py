@@ -107,12 +107,14 @@ class TritonClient:
         if client is not None:
             await client.close()
 
-    async def wait_until_ready(self, timeout_s: float = 60.0) -> None:
-        """Poll until both models are ready; raises InferenceUnavailableError at the deadline."""
+    async def wait_until_ready(
+        self, timeout_s: float = 60.0, models: Sequence[str] | None = None
+    ) -> None:
+        """Poll until `models` (default: both) are ready; InferenceUnavailableError at deadline."""
         client = self._require()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        models = (self.embedder_model, self.generator_model)
+        models = tuple(models or (self.embedder_model, self.generator_model))
         while True:
             try:
                 ready = [await client.is_model_ready(m, client_timeout=2.0) for m in models]

@@ -9,6 +9,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from services.runtime.kafka_admin import partition_counts
+
 
 async def _assigned_consumer(
     bootstrap_servers: str, topic: str
@@ -17,9 +19,8 @@ async def _assigned_consumer(
         bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None
     )
     await consumer.start()
-    await consumer.topics()  # fetches the whole cluster's metadata
-    partitions = sorted(consumer.partitions_for_topic(topic) or ())
-    assigned = [TopicPartition(topic, p) for p in partitions]
+    counts = await asyncio.to_thread(partition_counts, bootstrap_servers)
+    assigned = [TopicPartition(topic, p) for p in range(counts.get(topic, 0))]
     consumer.assign(assigned)
     return consumer, assigned
 
@@ -68,11 +69,9 @@ class TopicTail:
             bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False, group_id=None
         )
         await consumer.start()
-        await consumer.topics()  # fetches the whole cluster's metadata
+        counts = await asyncio.to_thread(partition_counts, self.bootstrap_servers)
         assigned = [
-            TopicPartition(topic, p)
-            for topic in self.topics
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
+            TopicPartition(topic, p) for topic in self.topics for p in range(counts.get(topic, 0))
         ]
         consumer.assign(assigned)
         await consumer.seek_to_end(*assigned)

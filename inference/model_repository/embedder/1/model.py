@@ -55,7 +55,11 @@ class TritonPythonModel:
         self._model = SentenceTransformer(
             str(model_folder()), device=_device(args), local_files_only=True
         )
-        actual = self._model.get_sentence_embedding_dimension()
+        pb_utils.Logger.log_info(
+            f"embedder: all-MiniLM-L6-v2 on {self._model.device}, torch threads"
+            f" {torch.get_num_threads()}"
+        )
+        actual = self._model.get_embedding_dimension()
         if actual != self._dimensions:
             raise ValueError(
                 f"embedder config declares {self._dimensions} dims but the model gives {actual}:"
