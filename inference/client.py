@@ -31,6 +31,7 @@ from inference.exceptions import (
 from inference.generation import GenerationRequest, GenerationResult
 
 _TRANSIENT = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"}
+EMBEDDING_DIMENSIONS = 384  # the embedder's output `embedding` (all-MiniLM-L6-v2)
 T = TypeVar("T")
 
 
@@ -135,7 +136,7 @@ class TritonClient:
         """L2-normalised vectors, shape (len(texts), 384), float32."""
         client = self._require()
         if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
+            return np.zeros((0, EMBEDDING_DIMENSIONS), dtype=np.float32)
         size = self.embed_batch_size
         parts = [texts[i : i + size] for i in range(0, len(texts), size)]
 
@@ -244,6 +245,9 @@ class TritonClient:
             ) from error
         except asyncio.CancelledError:
             self.breaker.record_abandoned()
+            raise
+        except Exception:
+            self.breaker.record_failure()
             raise
         self.breaker.record_success()
         return result

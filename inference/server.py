@@ -232,14 +232,18 @@ def run_triton_foreground(server: TritonServer, announce: Callable[[str], None] 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.server", description=__doc__)
+    default_data = Path(os.environ.get("RAGSTREAM_DATA_DIR", ".ragstream"))
     parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("RAGSTREAM_DATA_DIR", ".ragstream"))
+        "--data-dir", type=Path, default=default_data, help="models cache (RAGSTREAM_DATA_DIR)"
     )
-    parser.add_argument("--http-port", type=int)
-    parser.add_argument("--grpc-port", type=int)
-    parser.add_argument("--metrics-port", type=int)
-    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
-    parser.add_argument("--ready-timeout", type=float, default=300.0)
+    parser.add_argument("--work-dir", type=Path, help="repository, backend, log (DATA_DIR/triton)")
+    parser.add_argument("--http-port", type=int, help="default: a free port")
+    parser.add_argument("--grpc-port", type=int, help="default: a free port")
+    parser.add_argument("--metrics-port", type=int, help="default: a free port")
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "gpu"], default="auto", help="auto: GPU if listed"
+    )
+    parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds")
     parser.add_argument(
         "--render-only", type=Path, metavar="DIR", help="write the model repository to DIR and exit"
     )
@@ -253,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         device=args.device,
+        work_dir=args.work_dir,
         ready_timeout_s=args.ready_timeout,
     )
     try:

@@ -50,5 +50,10 @@ async def publish_event(publisher: Publisher, spec: TopicSpec, event: Envelope, 
 
 
 async def strict_json_decoder(message: StreamMessage[Any], original_decoder: Any = None) -> Any:
-    """Decode every record's value as UTF-8 JSON, whatever its content-type header claims."""
+    """Decode a record's value as UTF-8 JSON, whatever its content-type header claims.
+
+    A batch is handed over as its raw values: a batch handler validates each record itself
+    (`services.runtime.batches.valid_events`), so one bad record never fails the others."""
+    if isinstance(message.raw_message, tuple):
+        return [record.value for record in message.raw_message]
     return json.loads(message.body.decode("utf-8", errors="strict"))

@@ -46,6 +46,19 @@ def clear_state(data_dir: Path) -> None:
     state_path(data_dir).unlink(missing_ok=True)
 
 
+DEFAULT_TRITON_GRPC = "127.0.0.1:8001"
+
+
+def resolve_triton_url(settings: RuntimeSettings) -> str:
+    """RAGSTREAM_TRITON_URL, else the Triton of a running `ragstream up`, else the default."""
+    if settings.triton_url:
+        return settings.triton_url
+    state = read_state(settings.data_dir)
+    if state and state.get("triton_grpc_url"):
+        return str(state["triton_grpc_url"])
+    return DEFAULT_TRITON_GRPC
+
+
 def resolve_bootstrap(settings: RuntimeSettings) -> str:
     """RAGSTREAM_BOOTSTRAP_SERVERS, else the broker of a running `ragstream up`, else default."""
     if settings.bootstrap_servers:

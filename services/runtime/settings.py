@@ -77,3 +77,19 @@ class ChunkSettings(RuntimeSettings):
                 f"RAGSTREAM_CHUNK_TOKENS={self.chunk_tokens}"
             )
         return self
+
+
+class EmbedSettings(RuntimeSettings):
+    embed_batch_size: int = Field(default=32, ge=1, le=512, description="Chunks per Triton call.")
+    embed_batch_wait_ms: int = Field(default=100, ge=0, description="Wait to fill a chunk batch.")
+    query_batch_size: int = Field(default=16, ge=1, le=256)
+    query_batch_wait_ms: int = Field(default=5, ge=0, description="Questions wait less.")
+    triton_retry_after_s: float = Field(
+        default=2.0, gt=0, description="Pause before a batch is retried while Triton is down."
+    )
+
+
+class RouteSettings(RuntimeSettings):
+    qdrant_collection: str = Field(default="ragstream_chunks")
+    index_batch_size: int = Field(default=128, ge=1, le=4096, description="Vectors per upsert.")
+    index_batch_wait_ms: int = Field(default=100, ge=0)

@@ -51,6 +51,8 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self._encode_batch_size = int(params.get("encode_batch_size", "32"))
         self._dimensions = int(pb_utils.get_output_config_by_name(config, "embedding")["dims"][0])
         self._model = SentenceTransformer(
             str(model_folder()), device=_device(args), local_files_only=True
@@ -73,7 +75,7 @@ class TritonPythonModel:
         texts = [bytes(t).decode("utf-8", errors="replace") for b in batches for t in b]
         vectors = self._model.encode(
             texts,
-            batch_size=max(len(texts), 1),
+            batch_size=self._encode_batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,

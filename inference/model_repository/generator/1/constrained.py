@@ -133,6 +133,8 @@ class ConstrainedBatchProcessor(LogitsProcessor):
             return self._only(scores, torch.tensor([self._eos]))
         if row.matcher is not None:
             allowed = self._allowed(row.matcher, scores.shape[0])
+            if not allowed.any():  # the grammar is finished or stuck: end the row
+                return self._only(scores, torch.tensor([self._eos]))
             scores = scores.masked_fill(~allowed, float("-inf"))
             if row.budget - step <= row.reserve:
                 scores = self._closing(scores, allowed, self._in_string(row))

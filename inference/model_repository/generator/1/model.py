@@ -141,6 +141,13 @@ class TritonPythonModel:
             if float(temperature) < 0:
                 raise ValueError(f"temperature is {float(temperature)}: use 0 (greedy) or more")
             prompt = self._render(raw)
+            prompt_tokens = len(self._tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            context = int(self._model.config.max_position_embeddings)
+            if prompt_tokens + int(budget) > context:
+                raise ValueError(
+                    f"prompt of {prompt_tokens} tokens plus max_new_tokens {int(budget)} exceeds"
+                    f" the model's {context}-token context: shorten the messages"
+                )
             schema_text = bytes(raw_schema).decode("utf-8").strip()
             if schema_text:
                 try:

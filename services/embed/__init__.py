@@ -1,0 +1,1 @@
+"""embed: chunks and questions in, vectors out, from the Triton embedder."""

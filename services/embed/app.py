@@ -1,0 +1,181 @@
+"""embed stage: chunks and accepted questions in; chunk vectors and query vectors out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from faststream import Context, FastStream
+from faststream.exceptions import NackMessage
+from faststream.kafka import KafkaRouter
+from faststream.kafka.annotations import KafkaBroker, KafkaMessage
+from pydantic import JsonValue
+
+from contracts.registry import TOPICS
+from contracts.v1 import (
+    AcceptedQueryV1,
+    ChunkSetV1,
+    ChunkV1,
+    ChunkVectorV1,
+    QueryVectorV1,
+    VectorV1,
+)
+from contracts.v1.chunks import ChunkContentV1
+from contracts.v1.envelope import new_event_id, utc_now
+from inference.client import EmbedPriority, TritonClient
+from inference.exceptions import InferenceUnavailableError
+from services.runtime.batches import validate_batch
+from services.runtime.broker import make_broker, subscriber_options
+from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.publishing import Publisher, produced_by, publish_event
+from services.runtime.runstate import resolve_triton_url
+from services.runtime.settings import EmbedSettings
+from services.runtime.stage import prepare_stage
+
+STAGE = "embed"
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+logger = logging.getLogger("ragstream.embed")
+_CHUNK_FIELDS = set(ChunkContentV1.model_fields)
+
+
+@dataclass
+class EmbedResources:
+    settings: EmbedSettings
+    client: TritonClient
+    chunk_vectors: Publisher
+    query_vectors: Publisher
+
+
+Embed = Annotated[EmbedResources, Context("embed")]
+
+
+def embedding_text(chunk: ChunkContentV1) -> str:
+    """What the embedder reads: where the chunk sits (title, headings), then its text."""
+    context = " / ".join(part for part in (chunk.title, *chunk.heading_path) if part)
+    return f"{context}\n\n{chunk.text}" if context else chunk.text
+
+
+async def _embed_or_retry_later(
+    embed: EmbedResources, texts: Sequence[str], priority: EmbedPriority
+) -> list[list[float]]:
+    """Vectors for `texts`; while Triton is down, seek back and retry the batch later."""
+    if not texts:
+        return []
+    try:
+        vectors = await embed.client.embed(texts, priority=priority)
+    except InferenceUnavailableError as exc:
+        logger.warning(
+            "Triton unavailable (%s); retrying this batch in %.1f s",
+            exc,
+            embed.settings.triton_retry_after_s,
+        )
+        await asyncio.sleep(embed.settings.triton_retry_after_s)
+        raise NackMessage() from exc
+    return [row.tolist() for row in vectors]
+
+
+def _derived(event: Any) -> dict[str, Any]:
+    return {
+        "tenant_id": event.tenant_id,
+        "correlation_id": event.correlation_id,
+        "causation_id": event.event_id,
+        "produced_by": produced_by(STAGE),
+    }
+
+
+async def embed_chunks(
+    values: list[bytes], message: KafkaMessage, broker: KafkaBroker, embed: Embed
+) -> None:
+    """One Triton call per batch; chunk sets pass through in order, after their chunks."""
+    started = utc_now()
+    batch = validate_batch(message, TOPICS.chunks)
+    chunks = [e for e in batch.events if isinstance(e, ChunkV1)]
+    vectors = await _embed_or_retry_later(
+        embed, [embedding_text(c) for c in chunks], EmbedPriority.DOCUMENT
+    )
+    await batch.dead_letter_invalid(broker, STAGE)
+    vector_of = {c.event_id: v for c, v in zip(chunks, vectors, strict=True)}
+    for event in batch.events:
+        if isinstance(event, ChunkV1):
+            out: ChunkVectorV1 | ChunkSetV1 = ChunkVectorV1(
+                **_derived(event),
+                chunk=ChunkContentV1.model_validate(event.model_dump(include=_CHUNK_FIELDS)),
+                vector=VectorV1.encode(vector_of[event.event_id]),
+                embedding_model=EMBEDDING_MODEL,
+            )
+        else:
+            out = event.model_copy(update={**_derived(event), "event_id": new_event_id()})
+        await publish_event(embed.chunk_vectors, TOPICS.chunk_vectors, out, STAGE)
+        details: dict[str, JsonValue] = {"batch_size": len(chunks), "model": EMBEDDING_MODEL}
+        await publish_lineage(broker, lineage_record(STAGE, event, "ok", started, [out], details))
+
+
+async def embed_queries(
+    values: list[bytes], message: KafkaMessage, broker: KafkaBroker, embed: Embed
+) -> None:
+    """Questions get their own subscriber and a higher Triton priority than chunks."""
+    started = utc_now()
+    batch = validate_batch(message, TOPICS.queries_accepted)
+    queries: list[AcceptedQueryV1] = batch.events
+    vectors = await _embed_or_retry_later(embed, [q.question for q in queries], EmbedPriority.QUERY)
+    await batch.dead_letter_invalid(broker, STAGE)
+    for query, vector in zip(queries, vectors, strict=True):
+        out = QueryVectorV1(
+            **_derived(query),
+            request_id=query.request_id,
+            question=query.question,
+            question_hash=query.question_hash,
+            options=query.options,
+            vector=VectorV1.encode(vector),
+            embedding_model=EMBEDDING_MODEL,
+        )
+        await publish_event(embed.query_vectors, TOPICS.query_vectors, out, STAGE)
+        await publish_lineage(broker, lineage_record(STAGE, query, "ok", started, [out]))
+
+
+def build_router(settings: EmbedSettings) -> tuple[KafkaRouter, Publisher, Publisher]:
+    """Subscribers with batch sizes from settings, and the two publishers."""
+    router = KafkaRouter()
+    chunk_vectors = router.publisher(TOPICS.chunk_vectors.name, title="chunk-vectors")
+    query_vectors = router.publisher(TOPICS.query_vectors.name, title="query-vectors")
+    router.subscriber(
+        TOPICS.chunks.name,
+        batch=True,
+        max_records=settings.embed_batch_size,
+        batch_timeout_ms=settings.embed_batch_wait_ms,
+        **subscriber_options(STAGE, TOPICS.chunks),
+    )(embed_chunks)
+    router.subscriber(
+        TOPICS.queries_accepted.name,
+        batch=True,
+        max_records=settings.query_batch_size,
+        batch_timeout_ms=settings.query_batch_wait_ms,
+        **subscriber_options(STAGE, TOPICS.queries_accepted),
+    )(embed_queries)
+    return router, chunk_vectors, query_vectors
+
+
+def create_app(settings: EmbedSettings | None = None) -> FastStream:
+    settings = settings or EmbedSettings()
+    broker = make_broker(settings, STAGE)
+    router, chunk_vectors, query_vectors = build_router(settings)
+    broker.include_router(router)
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        client = TritonClient(
+            resolve_triton_url(settings), embed_batch_size=settings.embed_batch_size
+        )
+        await client.warm_up()
+        resources = EmbedResources(settings, client, chunk_vectors, query_vectors)
+        try:
+            async with prepare_stage(broker, settings, embed=resources):
+                yield
+        finally:
+            await client.close()
+
+    return FastStream(broker, lifespan=lifespan)

@@ -1,0 +1,160 @@
+"""The vector index in Qdrant: chunk vectors per tenant, deterministic ids, no stale versions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qdrant_client import AsyncQdrantClient, models
+
+from contracts.v1 import ChunkSetV1, ChunkVectorV1
+
+VECTOR_SIZE = 384
+TENANT_FIELD = "tenant_id"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved chunk: its payload (text, document, headings) and cosine score."""
+
+    chunk_id: str
+    score: float
+    payload: dict[str, Any]
+
+
+def _tenant_is(tenant_id: str) -> models.FieldCondition:
+    return models.FieldCondition(key=TENANT_FIELD, match=models.MatchValue(value=tenant_id))
+
+
+def _document_of(tenant_id: str, doc_id: str) -> list[models.Condition]:
+    return [
+        _tenant_is(tenant_id),
+        models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id)),
+    ]
+
+
+class VectorIndex:
+    """Chunk vectors of every tenant in one collection, the tenant an indexed payload field
+    (Qdrant's multitenancy guidance); every search is filtered to one tenant.
+
+    >>> index = VectorIndex(path=Path(".ragstream/qdrant"))  # doctest: +SKIP
+    >>> await index.warm_up()  # doctest: +SKIP
+    >>> hits = await index.search("acme", vector, limit=5)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, *, url: str = "", path: Path | None = None, collection: str = "ragstream_chunks"
+    ) -> None:
+        if not url and path is None:
+            raise ValueError(
+                "VectorIndex needs a Qdrant url (RAGSTREAM_QDRANT_URL) or a local path"
+            )
+        self.url = url
+        self.path = path
+        self.collection = collection
+        self._client: AsyncQdrantClient | None = None
+
+    async def warm_up(self) -> None:
+        """Open the store and create the collection and tenant index if missing (idempotent)."""
+        if self._client is not None:
+            return
+        if self.url:
+            client = AsyncQdrantClient(url=self.url)
+        else:
+            assert self.path is not None
+            self.path.mkdir(parents=True, exist_ok=True)
+            client = AsyncQdrantClient(path=str(self.path))
+        if not await client.collection_exists(self.collection):
+            await client.create_collection(
+                self.collection,
+                vectors_config=models.VectorParams(
+                    size=VECTOR_SIZE, distance=models.Distance.COSINE
+                ),
+            )
+            if self.url:  # local mode has no payload indexes
+                await client.create_payload_index(
+                    self.collection,
+                    TENANT_FIELD,
+                    field_schema=models.KeywordIndexParams(
+                        type=models.KeywordIndexType.KEYWORD, is_tenant=True
+                    ),
+                )
+                await client.create_payload_index(
+                    self.collection, "doc_id", models.PayloadSchemaType.KEYWORD
+                )
+        self._client = client
+
+    @property
+    def client(self) -> AsyncQdrantClient:
+        if self._client is None:
+            raise RuntimeError("VectorIndex used before warm_up()")
+        return self._client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def upsert(self, vectors: Sequence[ChunkVectorV1]) -> None:
+        """Upsert by chunk id: writing the same chunk twice leaves one point."""
+        if not vectors:
+            return
+        points = [
+            models.PointStruct(
+                id=event.chunk.chunk_id,
+                vector=event.vector.decode(),
+                payload={TENANT_FIELD: event.tenant_id, **event.chunk.model_dump(mode="json")},
+            )
+            for event in vectors
+        ]
+        await self.client.upsert(self.collection, points=points, wait=True)
+
+    async def apply_chunk_set(self, chunk_set: ChunkSetV1) -> None:
+        """Remove every point of the document that is not in the set (all after a delete)."""
+        keep = [] if chunk_set.deleted else chunk_set.chunk_ids
+        selector = models.Filter(
+            must=_document_of(chunk_set.tenant_id, chunk_set.doc_id),
+            must_not=[models.HasIdCondition(has_id=keep)] if keep else None,
+        )
+        await self.client.delete(
+            self.collection, points_selector=models.FilterSelector(filter=selector), wait=True
+        )
+
+    async def search(
+        self, tenant_id: str, vector: Sequence[float], limit: int = 5, min_score: float = 0.0
+    ) -> list[Hit]:
+        """The nearest chunks of `tenant_id` only; never another tenant's."""
+        result = await self.client.query_points(
+            self.collection,
+            query=list(vector),
+            query_filter=models.Filter(must=[_tenant_is(tenant_id)]),
+            limit=limit,
+            score_threshold=min_score or None,
+            with_payload=True,
+        )
+        return [Hit(str(p.id), p.score, dict(p.payload or {})) for p in result.points]
+
+    async def count(self, tenant_id: str, doc_id: str | None = None) -> int:
+        conditions = _document_of(tenant_id, doc_id) if doc_id else [_tenant_is(tenant_id)]
+        result = await self.client.count(
+            self.collection, count_filter=models.Filter(must=conditions), exact=True
+        )
+        return result.count
+
+    async def chunk_ids(self, tenant_id: str) -> list[str]:
+        """Every chunk id of a tenant (for tests and `status`)."""
+        ids: list[str] = []
+        offset = None
+        while True:
+            points, offset = await self.client.scroll(
+                self.collection,
+                scroll_filter=models.Filter(must=[_tenant_is(tenant_id)]),
+                limit=1000,
+                offset=offset,
+                with_payload=False,
+            )
+            ids.extend(str(p.id) for p in points)
+            if offset is None:
+                return ids
