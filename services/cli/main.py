@@ -104,6 +104,40 @@ def broker(
 
 
 @app.command()
+def triton(
+    http_port: Annotated[int, typer.Option(help="HTTP port (0: a free one).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (0: a free one).")] = 8001,
+    metrics_port: Annotated[
+        int, typer.Option(help="Prometheus metrics port (0: a free one).")
+    ] = 8002,
+    device: Annotated[
+        str, typer.Option(help="auto (GPU when CUDA is there), cpu or gpu.")
+    ] = "auto",
+) -> None:
+    """Start only Triton with the embedder and generator; waits until both are ready.
+
+    With RAGSTREAM_TRITON_URL set, that server is used and nothing is started."""
+    settings = _settings()
+    if settings.triton_url:
+        out.print(
+            f"RAGSTREAM_TRITON_URL is set: using Triton at {settings.triton_url}; nothing to start"
+        )
+        return
+    if device not in ("auto", "cpu", "gpu"):
+        raise typer.BadParameter(f"device {device!r}: use auto, cpu or gpu")
+    from inference.server import TritonServer, run_triton_foreground
+
+    server = TritonServer(
+        settings.data_dir,
+        http_port=http_port or None,
+        grpc_port=grpc_port or None,
+        metrics_port=metrics_port or None,
+        device=device,  # type: ignore[arg-type]
+    )
+    raise typer.Exit(run_triton_foreground(server, announce=err.print))
+
+
+@app.command()
 def status(
     as_json: JsonFlag = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s until Ctrl-C.")] = False,

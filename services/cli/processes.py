@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -20,7 +21,10 @@ from services.runtime.embedded_broker import EmbeddedBroker, free_port
 from services.runtime.kafka_admin import broker_answers, ensure_topics, wait_for_broker
 from services.runtime.runstate import clear_state, pid_alive, read_state, write_state
 from services.runtime.settings import RuntimeSettings
-from services.runtime.stage import STAGES, load_stage_app
+from services.runtime.stage import NEEDS_TRITON, STAGES, load_stage_app
+
+if TYPE_CHECKING:
+    from inference.server import TritonServer
 
 console = Console(stderr=True)
 
@@ -48,6 +52,18 @@ def start_embedded_broker(data_dir: Path, port: int) -> EmbeddedBroker:
     return broker
 
 
+def start_triton(data_dir: Path) -> TritonServer:
+    from inference.server import TritonServer
+
+    server = TritonServer(data_dir)
+    with console.status(
+        "starting Triton (embedder, generator); the first start converts the LLM (~30 s)"
+    ):
+        server.start()
+    console.print(f"triton [bold]{server.grpc_url}[/] (grpc), {server.http_url} (http)")
+    return server
+
+
 def ready_stages(ready_dir: Path, pids: dict[str, list[int]]) -> dict[str, bool]:
     return {
         stage: bool(stage_pids)
@@ -70,6 +86,7 @@ def run_up(settings: RuntimeSettings, scale: dict[str, int], broker_port: int) -
         marker.unlink()
     signal.signal(signal.SIGTERM, _raise_stop)
     broker: EmbeddedBroker | None = None
+    triton: TritonServer | None = None
     supervisor = Supervisor(console)
     try:
         if settings.bootstrap_servers:
@@ -80,10 +97,15 @@ def run_up(settings: RuntimeSettings, scale: dict[str, int], broker_port: int) -
             bootstrap = broker.bootstrap_servers
         created = ensure_topics(bootstrap, partitions_override=settings.partitions_override)
         console.print(f"broker [bold]{bootstrap}[/]: {len(created)} topics created")
+        triton_url = settings.triton_url
+        if not triton_url and NEEDS_TRITON & set(STAGES):
+            triton = start_triton(data_dir)
+            triton_url = triton.grpc_url
         env = child_env(
             RAGSTREAM_BOOTSTRAP_SERVERS=bootstrap,
             RAGSTREAM_DATA_DIR=str(data_dir),
             RAGSTREAM_READY_DIR=str(ready_dir),
+            **({"RAGSTREAM_TRITON_URL": triton_url} if triton_url else {}),
         )
         for stage in STAGES:
             for index in range(scale.get(stage, 1)):
@@ -94,6 +116,8 @@ def run_up(settings: RuntimeSettings, scale: dict[str, int], broker_port: int) -
             "supervisor_pid": os.getpid(),
             "bootstrap_servers": bootstrap,
             "broker_pid": broker.pid if broker else None,
+            "triton_grpc_url": triton_url or None,
+            "triton_http_url": triton.http_url if triton else None,
             "stages": supervisor.pids(),
             "logs": str(data_dir / "logs"),
             "ready_dir": str(ready_dir),
@@ -107,6 +131,11 @@ def run_up(settings: RuntimeSettings, scale: dict[str, int], broker_port: int) -
             if broker is not None and not broker.alive():
                 console.print("[red]the embedded broker stopped; stopping everything[/]")
                 return 1
+            if triton is not None and not triton.running:
+                console.print(
+                    f"[red]tritonserver stopped; stopping everything[/]\n{triton.log_tail()}"
+                )
+                return 1
             if supervisor.check():
                 state["stages"] = supervisor.pids()
                 write_state(data_dir, state)
@@ -118,6 +147,8 @@ def run_up(settings: RuntimeSettings, scale: dict[str, int], broker_port: int) -
         return 1
     finally:
         supervisor.stop()
+        if triton is not None:
+            triton.stop()
         if broker is not None:
             broker.stop()
         clear_state(data_dir)

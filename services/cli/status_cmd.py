@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from services.runtime.kafka_admin import broker_answers, end_offsets
 from services.runtime.runstate import pid_alive, read_state, resolve_bootstrap
 from services.runtime.settings import RuntimeSettings
 from services.runtime.stage import STAGE_INPUTS, STAGES
+from services.runtime.topic_reader import read_topic
 
 
 def _lag(bootstrap: str, group: str, topic: str, ends: dict[int, int]) -> int:
@@ -24,7 +27,38 @@ def _lag(bootstrap: str, group: str, topic: str, ends: dict[int, int]) -> int:
         committed = consumer.committed([TopicPartition(topic, p) for p in ends], timeout=5)
     finally:
         consumer.close()
-    return sum(ends[tp.partition] - max(tp.offset, 0) for tp in committed)
+    # Clamped: Tansu's end offsets can be below the committed ones after batched sends.
+    return sum(max(0, ends[tp.partition] - max(tp.offset, 0)) for tp in committed)
+
+
+TRITON_MODELS = ("embedder", "generator")
+
+
+def triton_status(state: dict[str, Any], settings: RuntimeSettings) -> dict[str, Any] | None:
+    """Triton's addresses and which models are ready (None when no stage needs one)."""
+    grpc_url = settings.triton_url or state.get("triton_grpc_url")
+    http_url = state.get("triton_http_url")
+    if not grpc_url:
+        return None
+    ready: dict[str, bool] = {}
+    for model in TRITON_MODELS:
+        try:
+            if http_url:
+                url = f"{http_url.rstrip('/')}/v2/models/{model}/ready"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    ready[model] = response.status == 200
+            else:
+                import tritonclient.grpc as grpcclient
+
+                ready[model] = grpcclient.InferenceServerClient(grpc_url).is_model_ready(model)
+        except Exception:  # unreachable or not ready: the answer is "no", not an error
+            ready[model] = False
+    return {
+        "grpc_url": grpc_url,
+        "http_url": http_url,
+        "models_ready": ready,
+        "ready": all(ready.values()),
+    }
 
 
 def collect_status(settings: RuntimeSettings) -> dict[str, Any]:
@@ -55,10 +89,15 @@ def collect_status(settings: RuntimeSettings) -> dict[str, Any]:
                     "consumer_group": consumer_group(stage, spec),
                 }
         stages[stage] = {"pids": pids, "ready": ready, "topics": topics}
-    dlq_count = sum(end_offsets(bootstrap, TOPICS.dlq.name).values()) if broker_ok else None
+    # Counted by reading: Tansu's end offsets under-count records sent in batches.
+    dlq_count = len(asyncio.run(read_topic(bootstrap, TOPICS.dlq.name))) if broker_ok else None
+    triton = triton_status(state, settings)
     return {
-        "ready": broker_ok and all(s["ready"] for s in stages.values()),
+        "ready": broker_ok
+        and all(s["ready"] for s in stages.values())
+        and (triton is None or triton["ready"]),
         "bootstrap_servers": bootstrap,
+        "triton": triton,
         "broker": {"reachable": broker_ok, "pid": state.get("broker_pid"), "embedded": bool(state)},
         "stages": stages,
         "dlq": {"topic": TOPICS.dlq.name, "count": dlq_count},
@@ -85,5 +124,11 @@ def status_table(status: dict[str, Any]) -> Table:
                 str(t.get("events", "")),
                 str(t.get("lag", "")),
             )
-    table.caption = f"DLQ: {status['dlq']['count']} dead letters ({status['dlq']['topic']})"
+    caption = f"DLQ: {status['dlq']['count']} dead letters ({status['dlq']['topic']})"
+    if triton := status.get("triton"):
+        models = ", ".join(
+            f"{m} {'ready' if ok else 'NOT ready'}" for m, ok in triton["models_ready"].items()
+        )
+        caption += f"\nTriton {triton['grpc_url']}: {models}"
+    table.caption = caption
     return table

@@ -17,15 +17,20 @@ from services.runtime.runstate import resolve_bootstrap
 from services.runtime.settings import RuntimeSettings
 
 #: Stages built so far, in pipeline order. `ragstream up` runs each of them.
-STAGES: tuple[str, ...] = ("ingest", "chunk")
+STAGES: tuple[str, ...] = ("ingest", "chunk", "embed", "route")
+
+#: Stages that call Triton: `ragstream up` starts it for them.
+NEEDS_TRITON = {"embed", "generate"}
 
 #: The last stage of the document path built so far: `ingest --wait` waits for its lineage.
-DOCUMENT_PATH_END = "chunk"
+DOCUMENT_PATH_END = "route"
 
 #: The topics each stage consumes (for consumer lag in `ragstream status`).
 STAGE_INPUTS: dict[str, tuple[TopicSpec, ...]] = {
     "ingest": (TOPICS.documents, TOPICS.queries),
     "chunk": (TOPICS.documents_accepted,),
+    "embed": (TOPICS.chunks, TOPICS.queries_accepted),
+    "route": (TOPICS.chunk_vectors,),
 }
 
 

@@ -43,7 +43,7 @@ def running(
         [sys.executable, "-m", "services.cli.main", "up", "--broker-port", "0"],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 400  # the first Triton start converts the LLM
     status: dict[str, Any] = {}
     while time.monotonic() < deadline and up.poll() is None:
         result = ragstream(env, "status", "--json", timeout=60)
@@ -93,7 +93,8 @@ def test_up_status_ingest_wait_and_chunks_on_the_topic(running: tuple[dict[str, 
     status = json.loads(ragstream(env, "status", "--json").stdout)
     assert status["ready"] is True
     assert all(stage["pids"] for stage in status["stages"].values())
-    assert set(status["stages"]) == {"ingest", "chunk"}
+    assert set(status["stages"]) == {"ingest", "chunk", "embed", "route"}
+    assert status["triton"]["models_ready"] == {"embedder": True, "generator": True}
 
     result = ragstream(env, "ingest", str(CORPUS), "--tenant", "demo", "--wait", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
