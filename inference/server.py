@@ -98,6 +98,7 @@ class TritonServer:
         repository = render_model_repository(work / "model_repository", self.device)
         http, grpc, metrics = (port or free_port() for port in self._ports)
         self.http_port, self.grpc_port, self.metrics_port = http, grpc, metrics
+        self._ports = (http, grpc, metrics)  # a restart keeps the addresses clients know
         command = [
             str(install.binary),
             f"--model-repository={repository}",

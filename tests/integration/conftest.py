@@ -17,9 +17,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from contracts.registry import TOPICS
+from inference.server import TritonServer
 from services.runtime.embedded_broker import EmbeddedBroker
 from services.runtime.kafka_admin import ensure_topics
 from services.runtime.publishing import event_bytes
+from services.runtime.stage import STAGES
 from services.runtime.topic_reader import read_topic
 
 pytestmark = pytest.mark.integration
@@ -41,9 +43,10 @@ class StageProcesses:
     bootstrap: str
     data_dir: Path
     ready_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, stage: str, **env: str) -> None:
+    def start(self, stage: str) -> None:
         log = open(self.data_dir / f"{stage}.log", "ab")
         self.processes[stage] = subprocess.Popen(
             [sys.executable, "-m", "services.cli.main", "serve", stage],
@@ -52,7 +55,7 @@ class StageProcesses:
                 "RAGSTREAM_BOOTSTRAP_SERVERS": self.bootstrap,
                 "RAGSTREAM_DATA_DIR": str(self.data_dir),
                 "RAGSTREAM_READY_DIR": str(self.ready_dir),
-                **env,
+                **self.env,
             },
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -70,6 +73,16 @@ class StageProcesses:
             time.sleep(0.1)
         raise TimeoutError(f"stages not ready within {timeout_s} s")
 
+    def stop_stage(self, stage: str) -> None:
+        """SIGTERM one stage and wait for it to leave (e.g. to open route's local index)."""
+        process = self.processes.pop(stage)
+        process.terminate()
+        process.wait(timeout=30)
+
+    def restart(self, stage: str) -> None:
+        self.start(stage)
+        self.wait_ready()
+
     def alive(self, stage: str) -> bool:
         return self.processes[stage].poll() is None
 
@@ -85,12 +98,19 @@ class StageProcesses:
 
 @pytest.fixture(scope="session")
 def pipeline(
-    kafka: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
+    kafka: EmbeddedBroker, triton_server: TritonServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StageProcesses]:
+    """ingest, chunk, embed and route as processes, on the session's broker and Triton."""
     data_dir = tmp_path_factory.mktemp("ragstream-data")
-    stages = StageProcesses(kafka.bootstrap_servers, data_dir, data_dir / "ready")
-    for stage in ("ingest", "chunk"):
-        stages.start(stage, RAGSTREAM_TENANT_BURST="5000")
+    stages = StageProcesses(
+        kafka.bootstrap_servers,
+        data_dir,
+        data_dir / "ready",
+        env={"RAGSTREAM_TENANT_BURST": "5000", "RAGSTREAM_TRITON_URL": triton_server.grpc_url,
+             "RAGSTREAM_TRITON_RETRY_AFTER_S": "0.5"},
+    )  # fmt: skip
+    for stage in STAGES:
+        stages.start(stage)
     try:
         stages.wait_ready()
         yield stages

@@ -38,10 +38,10 @@ WORDS = (
 def document(tenant: str, index: int, revision: int = 0) -> DocumentUpsertV1:
     rng = random.Random(index * 7919 + revision)
     sections = []
-    for s in range(rng.randint(1, 4)):
+    for s in range(rng.randint(1, 2)):  # about 1.2 chunks a document: embed runs behind
         paragraphs = [
-            " ".join(rng.choices(WORDS, k=rng.randint(20, 90))) + "."
-            for _ in range(rng.randint(1, 3))
+            " ".join(rng.choices(WORDS, k=rng.randint(15, 60))) + "."
+            for _ in range(rng.randint(1, 2))
         ]
         sections.append(f"## Section {s}\n\n" + "\n\n".join(paragraphs))
     return DocumentUpsertV1(
