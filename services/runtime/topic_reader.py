@@ -12,6 +12,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from services.runtime.kafka_admin import partition_counts
 
 
+DRAIN_MS = 1000
+
+
 async def _assigned_consumer(
     bootstrap_servers: str, topic: str
 ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
@@ -49,8 +52,9 @@ async def read_topic(
                     pending.discard(tp)
         if pending:
             raise TimeoutError(f"could not read {topic} to its end within {timeout_s:.0f} s")
-        # Tansu's end offsets can lag its log: drain until a fetch comes back empty.
-        while tail := await consumer.getmany(*assigned, timeout_ms=100):
+        # Tansu's end offsets can lag its log (and a loaded machine answers slowly): drain
+        # until a fetch stays empty for a whole second.
+        while tail := await consumer.getmany(*assigned, timeout_ms=DRAIN_MS):
             for recs in tail.values():
                 records.extend(recs)
         return records
