@@ -11,7 +11,6 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from services.runtime.kafka_admin import partition_counts
 
-
 DRAIN_MS = 1000
 
 
