@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from services.runtime.kafka_admin import partition_counts
 
-DRAIN_MS = 1000
+FETCH_WAIT_MS = 200
 
 
 async def _assigned_consumer(
@@ -28,37 +28,36 @@ async def _assigned_consumer(
 
 
 async def read_topic(
-    bootstrap_servers: str, topic: str, timeout_s: float = 30.0
+    bootstrap_servers: str, topic: str, timeout_s: float = 60.0
 ) -> list[ConsumerRecord[Any, Any]]:
-    """Every record now in `topic`, partition by partition in offset order."""
+    """Every record now in `topic`, partition by partition in offset order.
+
+    The end of each partition is the high watermark of the fetch responses: Tansu 0.6
+    answers ListOffsets with its last batch's base offset + 1, short of the real end."""
     consumer, assigned = await _assigned_consumer(bootstrap_servers, topic)
     try:
         if not assigned:
             return []
-        end = await consumer.end_offsets(assigned)
         await consumer.seek_to_beginning(*assigned)
         records: list[ConsumerRecord[Any, Any]] = []
         deadline = time.monotonic() + timeout_s
-        pending = {tp for tp in assigned if end[tp] > 0}
-        while pending and time.monotonic() < deadline:
-            batch = await consumer.getmany(*pending, timeout_ms=500)
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(*assigned, timeout_ms=FETCH_WAIT_MS)
             for recs in batch.values():
-                # Tansu 0.6 reports a partition's end as its last batch's base offset + 1, so
-                # the tail batch may hold records past `end`: they are published, keep them.
                 records.extend(recs)
-            for tp in list(pending):
-                if await consumer.position(tp) >= end[tp]:
-                    pending.discard(tp)
-        if pending:
-            raise TimeoutError(f"could not read {topic} to its end within {timeout_s:.0f} s")
-        # Tansu's end offsets can lag its log (and a loaded machine answers slowly): drain
-        # until a fetch stays empty for a whole second.
-        while tail := await consumer.getmany(*assigned, timeout_ms=DRAIN_MS):
-            for recs in tail.values():
-                records.extend(recs)
-        return records
+            if await _caught_up(consumer, assigned):
+                return records
+        raise TimeoutError(f"could not read {topic} to its end within {timeout_s:.0f} s")
     finally:
         await consumer.stop()
+
+
+async def _caught_up(consumer: AIOKafkaConsumer, assigned: list[TopicPartition]) -> bool:
+    for tp in assigned:
+        highwater = consumer.highwater(tp)
+        if highwater is None or await consumer.position(tp) < highwater:
+            return False
+    return True
 
 
 class TopicTail:
