@@ -12,11 +12,11 @@ from rich.table import Table
 
 from contracts.registry import TOPICS
 from services.runtime.broker import consumer_group
-from services.runtime.kafka_admin import broker_answers, end_offsets
+from services.runtime.kafka_admin import broker_answers
 from services.runtime.runstate import pid_alive, read_state, resolve_bootstrap
 from services.runtime.settings import RuntimeSettings
 from services.runtime.stage import STAGE_INPUTS, STAGES
-from services.runtime.topic_reader import read_topic
+from services.runtime.topic_reader import high_watermarks
 
 
 def _lag(bootstrap: str, group: str, topic: str, ends: dict[int, int]) -> int:
@@ -27,7 +27,6 @@ def _lag(bootstrap: str, group: str, topic: str, ends: dict[int, int]) -> int:
         committed = consumer.committed([TopicPartition(topic, p) for p in ends], timeout=5)
     finally:
         consumer.close()
-    # Clamped: Tansu's end offsets can be below the committed ones after batched sends.
     return sum(max(0, ends[tp.partition] - max(tp.offset, 0)) for tp in committed)
 
 
@@ -78,7 +77,7 @@ def collect_status(settings: RuntimeSettings) -> dict[str, Any]:
         if broker_ok:
             for spec in STAGE_INPUTS[stage]:
                 try:
-                    ends = end_offsets(bootstrap, spec.name)
+                    ends = asyncio.run(high_watermarks(bootstrap, spec.name))
                     lag = _lag(bootstrap, consumer_group(stage, spec), spec.name, ends)
                 except KafkaException:
                     ends, lag = {}, None
@@ -89,8 +88,8 @@ def collect_status(settings: RuntimeSettings) -> dict[str, Any]:
                     "consumer_group": consumer_group(stage, spec),
                 }
         stages[stage] = {"pids": pids, "ready": ready, "topics": topics}
-    # Counted by reading: Tansu's end offsets under-count records sent in batches.
-    dlq_count = len(asyncio.run(read_topic(bootstrap, TOPICS.dlq.name))) if broker_ok else None
+    dlq_ends = asyncio.run(high_watermarks(bootstrap, TOPICS.dlq.name)) if broker_ok else None
+    dlq_count = sum(dlq_ends.values()) if dlq_ends is not None else None
     triton = triton_status(state, settings)
     return {
         "ready": broker_ok

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from contracts.registry import TOPICS, TopicSpec
@@ -69,16 +69,3 @@ def ensure_topics(
 def partition_counts(bootstrap_servers: str, timeout_s: float = 10.0) -> dict[str, int]:
     metadata = _admin(bootstrap_servers).list_topics(timeout=timeout_s)
     return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
-
-
-def end_offsets(bootstrap_servers: str, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
-    """Each partition's high watermark (the offset the next record will get)."""
-    partitions = partition_counts(bootstrap_servers, timeout_s).get(topic, 0)
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "ragstream-admin"})
-    try:
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1]
-            for p in range(partitions)
-        }
-    finally:
-        consumer.close()

@@ -60,6 +60,25 @@ async def _caught_up(consumer: AIOKafkaConsumer, assigned: list[TopicPartition])
     return True
 
 
+async def high_watermarks(
+    bootstrap_servers: str, topic: str, timeout_s: float = 5.0
+) -> dict[int, int]:
+    """Each partition's real end offset, from a fetch at its tail (see `read_topic`)."""
+    consumer, assigned = await _assigned_consumer(bootstrap_servers, topic)
+    try:
+        if not assigned:
+            return {}
+        await consumer.seek_to_end(*assigned)  # at or before the real end: only the tail is fetched
+        deadline = time.monotonic() + timeout_s
+        while not await _caught_up(consumer, assigned) and time.monotonic() < deadline:
+            await consumer.getmany(*assigned, timeout_ms=FETCH_WAIT_MS)
+        return {
+            tp.partition: consumer.highwater(tp) or await consumer.position(tp) for tp in assigned
+        }
+    finally:
+        await consumer.stop()
+
+
 class TopicTail:
     """Records published to some topics from now on.
 
