@@ -42,10 +42,11 @@ BENCH = ProducedBy(service="bench", version="1")
 
 async def time_path(bootstrap: str, texts: list[str], timeout_s: float) -> tuple[float, int]:
     """Seconds from the first publish until route has indexed every document, and chunks."""
+    run = time.time_ns()  # fresh document ids: ingest would drop a re-published document
     documents = [
         DocumentUpsertV1(
-            tenant_id="bench", correlation_id=f"bench-{i}-{time.time_ns()}", produced_by=BENCH,
-            doc_id=f"bench-{i}.txt", content_type="text/plain", content=text,
+            tenant_id="bench", correlation_id=f"bench-{run}-{i}", produced_by=BENCH,
+            doc_id=f"bench-{run}-{i}.txt", content_type="text/plain", content=text,
         )
         for i, text in enumerate(texts)
     ]  # fmt: skip
