@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from faststream import Context, FastStream
 from faststream.kafka import KafkaRouter
@@ -20,11 +20,11 @@ from contracts.v1 import (
 )
 from contracts.v1.envelope import utc_now
 from services.chunk.chunker import Chunker, chunk_id, load_tokenizer
-from services.runtime.broker import make_broker, subscriber_options
+from services.runtime.broker import subscriber_options
 from services.runtime.lineage import lineage_record, publish_lineage
-from services.runtime.publishing import produced_by, publish_event
+from services.runtime.publishing import derived_from, publish_event
 from services.runtime.settings import ChunkSettings
-from services.runtime.stage import prepare_stage
+from services.runtime.stage import stage_app
 
 STAGE = "chunk"
 router = KafkaRouter()
@@ -42,10 +42,7 @@ async def chunk_document(
     """Publish a version's chunks, then its chunk set (the ids that stay; none after a delete)."""
     started = utc_now()
     common = {
-        "tenant_id": event.tenant_id,
-        "correlation_id": event.correlation_id,
-        "causation_id": event.event_id,
-        "produced_by": produced_by(STAGE),
+        **derived_from(event, STAGE),
         "doc_id": event.doc_id,
         "doc_version": event.doc_version,
     }
@@ -90,15 +87,10 @@ async def chunk_document(
 
 def create_app(settings: ChunkSettings | None = None) -> FastStream:
     settings = settings or ChunkSettings()
-    broker = make_broker(settings, STAGE)
-    broker.include_router(router)
 
     @asynccontextmanager
-    async def lifespan() -> AsyncIterator[None]:
-        chunker = Chunker(
-            load_tokenizer(settings.tokenizer_path), settings.chunk_tokens, settings.chunk_overlap
-        )
-        async with prepare_stage(broker, settings, chunker=chunker):
-            yield
+    async def resources() -> AsyncIterator[dict[str, Any]]:
+        tokenizer = load_tokenizer(settings.tokenizer_path)
+        yield {"chunker": Chunker(tokenizer, settings.chunk_tokens, settings.chunk_overlap)}
 
-    return FastStream(broker, lifespan=lifespan)
+    return stage_app(STAGE, settings, router, resources)

@@ -29,12 +29,12 @@ from contracts.v1.envelope import new_event_id, utc_now
 from inference.client import EmbedPriority, TritonClient
 from inference.exceptions import InferenceUnavailableError
 from services.runtime.batches import validate_batch
-from services.runtime.broker import make_broker, subscriber_options
+from services.runtime.broker import subscriber_options
 from services.runtime.lineage import lineage_record, publish_lineage
-from services.runtime.publishing import Publisher, produced_by, publish_event
+from services.runtime.publishing import Publisher, derived_from, publish_event
 from services.runtime.runstate import resolve_triton_url
 from services.runtime.settings import EmbedSettings
-from services.runtime.stage import prepare_stage
+from services.runtime.stage import stage_app
 
 STAGE = "embed"
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -78,15 +78,6 @@ async def _embed_or_retry_later(
     return [row.tolist() for row in vectors]
 
 
-def _derived(event: Any) -> dict[str, Any]:
-    return {
-        "tenant_id": event.tenant_id,
-        "correlation_id": event.correlation_id,
-        "causation_id": event.event_id,
-        "produced_by": produced_by(STAGE),
-    }
-
-
 async def embed_chunks(
     values: list[bytes], message: KafkaMessage, broker: KafkaBroker, embed: Embed
 ) -> None:
@@ -102,13 +93,15 @@ async def embed_chunks(
     for event in batch.events:
         if isinstance(event, ChunkV1):
             out: ChunkVectorV1 | ChunkSetV1 = ChunkVectorV1(
-                **_derived(event),
+                **derived_from(event, STAGE),
                 chunk=ChunkContentV1.model_validate(event.model_dump(include=_CHUNK_FIELDS)),
                 vector=VectorV1.encode(vector_of[event.event_id]),
                 embedding_model=EMBEDDING_MODEL,
             )
         else:
-            out = event.model_copy(update={**_derived(event), "event_id": new_event_id()})
+            out = event.model_copy(
+                update={**derived_from(event, STAGE), "event_id": new_event_id()}
+            )
         await publish_event(embed.chunk_vectors, TOPICS.chunk_vectors, out, STAGE)
         details: dict[str, JsonValue] = {"batch_size": len(chunks), "model": EMBEDDING_MODEL}
         await publish_lineage(broker, lineage_record(STAGE, event, "ok", started, [out], details))
@@ -125,7 +118,7 @@ async def embed_queries(
     await batch.dead_letter_invalid(broker, STAGE)
     for query, vector in zip(queries, vectors, strict=True):
         out = QueryVectorV1(
-            **_derived(query),
+            **derived_from(query, STAGE),
             request_id=query.request_id,
             question=query.question,
             question_hash=query.question_hash,
@@ -161,21 +154,17 @@ def build_router(settings: EmbedSettings) -> tuple[KafkaRouter, Publisher, Publi
 
 def create_app(settings: EmbedSettings | None = None) -> FastStream:
     settings = settings or EmbedSettings()
-    broker = make_broker(settings, STAGE)
     router, chunk_vectors, query_vectors = build_router(settings)
-    broker.include_router(router)
 
     @asynccontextmanager
-    async def lifespan() -> AsyncIterator[None]:
+    async def resources() -> AsyncIterator[dict[str, Any]]:
         client = TritonClient(
             resolve_triton_url(settings), embed_batch_size=settings.embed_batch_size
         )
         await client.warm_up()
-        resources = EmbedResources(settings, client, chunk_vectors, query_vectors)
         try:
-            async with prepare_stage(broker, settings, embed=resources):
-                yield
+            yield {"embed": EmbedResources(settings, client, chunk_vectors, query_vectors)}
         finally:
             await client.close()
 
-    return FastStream(broker, lifespan=lifespan)
+    return stage_app(STAGE, settings, router, resources)

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from faststream import Context, FastStream
 from faststream.kafka import KafkaRouter
@@ -28,12 +28,12 @@ from services.ingest.acceptance import prepare_document, prepare_question
 from services.ingest.normalise import Rejection
 from services.ingest.rate_limits import TenantRateLimits
 from services.ingest.versions import DocumentVersions
-from services.runtime.broker import make_broker, subscriber_options
+from services.runtime.broker import subscriber_options
 from services.runtime.dead_letters import reject_record
 from services.runtime.lineage import lineage_record, publish_lineage
-from services.runtime.publishing import produced_by, publish_event
+from services.runtime.publishing import derived_from, publish_event
 from services.runtime.settings import IngestSettings
-from services.runtime.stage import prepare_stage
+from services.runtime.stage import stage_app
 
 STAGE = "ingest"
 router = KafkaRouter()
@@ -102,13 +102,7 @@ async def ingest_document(
     started = utc_now()
     if await _over_rate(broker, message, event, ingest, started):
         return
-    common = {
-        "tenant_id": event.tenant_id,
-        "correlation_id": event.correlation_id,
-        "causation_id": event.event_id,
-        "produced_by": produced_by(STAGE),
-        "doc_id": event.doc_id,
-    }
+    common = {**derived_from(event, STAGE), "doc_id": event.doc_id}
     if isinstance(event, DocumentDeleteV1):
         decision = ingest.versions.decide_delete(event.tenant_id, event.doc_id)
         if decision.kind == "already_deleted":
@@ -166,10 +160,7 @@ async def ingest_query(
         await _turn_away(broker, message, event, started, "rejected", prepared.reason)
         return
     accepted = AcceptedQueryV1(
-        tenant_id=event.tenant_id,
-        correlation_id=event.correlation_id,
-        causation_id=event.event_id,
-        produced_by=produced_by(STAGE),
+        **derived_from(event, STAGE),
         request_id=event.request_id,
         question=prepared.question,
         question_hash=prepared.question_hash,
@@ -181,16 +172,13 @@ async def ingest_query(
 
 def create_app(settings: IngestSettings | None = None) -> FastStream:
     settings = settings or IngestSettings()
-    broker = make_broker(settings, STAGE)
-    broker.include_router(router)
 
     @asynccontextmanager
-    async def lifespan() -> AsyncIterator[None]:
-        resources = IngestResources.open(settings)
-        async with prepare_stage(broker, settings, ingest=resources):
-            try:
-                yield
-            finally:
-                resources.versions.close()
+    async def resources() -> AsyncIterator[dict[str, Any]]:
+        ingest = IngestResources.open(settings)
+        try:
+            yield {"ingest": ingest}
+        finally:
+            ingest.versions.close()
 
-    return FastStream(broker, lifespan=lifespan)
+    return stage_app(STAGE, settings, router, resources)

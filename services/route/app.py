@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from faststream import Context, FastStream
 from faststream.kafka import KafkaRouter
@@ -16,10 +16,10 @@ from contracts.v1 import ChunkSetV1, ChunkVectorV1
 from contracts.v1.envelope import utc_now
 from services.route.index import VectorIndex
 from services.runtime.batches import validate_batch
-from services.runtime.broker import make_broker, subscriber_options
+from services.runtime.broker import subscriber_options
 from services.runtime.lineage import lineage_record, publish_lineage
 from services.runtime.settings import RouteSettings
-from services.runtime.stage import prepare_stage
+from services.runtime.stage import stage_app
 
 STAGE = "route"
 
@@ -86,17 +86,14 @@ def open_index(settings: RouteSettings) -> VectorIndex:
 
 def create_app(settings: RouteSettings | None = None) -> FastStream:
     settings = settings or RouteSettings()
-    broker = make_broker(settings, STAGE)
-    broker.include_router(build_router(settings))
 
     @asynccontextmanager
-    async def lifespan() -> AsyncIterator[None]:
+    async def resources() -> AsyncIterator[dict[str, Any]]:
         index = open_index(settings)
         await index.warm_up()
         try:
-            async with prepare_stage(broker, settings, route=RouteResources(settings, index)):
-                yield
+            yield {"route": RouteResources(settings, index)}
         finally:
             await index.close()
 
-    return FastStream(broker, lifespan=lifespan)
+    return stage_app(STAGE, settings, build_router(settings), resources)

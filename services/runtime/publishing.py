@@ -22,6 +22,17 @@ def produced_by(stage: str) -> ProducedBy:
     return ProducedBy(service=stage, version=__version__)
 
 
+def derived_from(event: Envelope, stage: str) -> dict[str, Any]:
+    """Envelope fields of an event that `stage` derives from `event`: same tenant and
+    correlation, caused by it, produced by the stage (a new event id comes by default)."""
+    return {
+        "tenant_id": event.tenant_id,
+        "correlation_id": event.correlation_id,
+        "causation_id": event.event_id,
+        "produced_by": produced_by(stage),
+    }
+
+
 def event_headers(spec: TopicSpec, event: Envelope, stage: str) -> dict[str, str]:
     """CloudEvents-style attributes (binary mode) for an event on `spec`'s topic."""
     return {

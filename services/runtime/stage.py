@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from faststream import FastStream
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaBroker, KafkaRouter
 
 from contracts.registry import TOPICS, TopicSpec
+from services.runtime.broker import make_broker
 from services.runtime.kafka_admin import ensure_topics, wait_for_broker
 from services.runtime.runstate import resolve_bootstrap
 from services.runtime.settings import RuntimeSettings
@@ -51,6 +52,25 @@ async def prepare_stage(
     finally:
         for name in resources:
             broker.context.reset_global(name)
+
+
+ResourceFactory = Callable[[], AbstractAsyncContextManager[dict[str, Any]]]
+
+
+def stage_app(
+    stage: str, settings: RuntimeSettings, router: KafkaRouter, resources: ResourceFactory
+) -> FastStream:
+    """A stage's FastStream app: its broker and router, and a lifespan that opens the
+    stage's resources (clients, stores), hands them to handlers and closes them at the end."""
+    broker = make_broker(settings, stage)
+    broker.include_router(router)
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        async with resources() as context, prepare_stage(broker, settings, **context):
+            yield
+
+    return FastStream(broker, lifespan=lifespan)
 
 
 def load_stage_app(stage: str) -> FastStream:
