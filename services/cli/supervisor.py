@@ -12,6 +12,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from services.runtime.children import die_with_parent
+
 MAX_RESTARTS_PER_MINUTE = 5
 
 
@@ -34,7 +36,11 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                preexec_fn=die_with_parent,
             )
 
     @property

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from services.runtime.children import die_with_parent
 from services.runtime.exceptions import BrokerStartError
 from services.runtime.kafka_admin import broker_answers
 
@@ -72,7 +73,11 @@ class EmbeddedBroker:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
             self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the stages first, not the broker
+                preexec_fn=die_with_parent,
             )
         finally:
             if self.log_path:
