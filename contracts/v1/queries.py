@@ -8,8 +8,6 @@ from pydantic import Field
 
 from contracts.v1.envelope import ContractModel, Envelope
 
-RequestId = str
-
 
 class QueryOptionsV1(ContractModel):
     """Per-question options; each one left unset takes the tenant's default."""

@@ -18,8 +18,8 @@ from rich.table import Table
 
 from services.cli.supervisor import Supervisor, SupervisorGaveUp, child_env, stage_command
 from services.runtime.embedded_broker import EmbeddedBroker, free_port
-from services.runtime.kafka_admin import broker_answers, ensure_topics, wait_for_broker
-from services.runtime.runstate import clear_state, pid_alive, read_state, write_state
+from services.runtime.kafka_admin import ensure_topics, wait_for_broker
+from services.runtime.runstate import clear_state, read_state, write_state
 from services.runtime.settings import RuntimeSettings
 from services.runtime.stage import NEEDS_TRITON, STAGES, load_stage_app
 
@@ -251,12 +251,3 @@ def run_broker(settings: RuntimeSettings, port: int) -> int:
         return 0
     finally:
         broker.stop()
-
-
-def stage_pids_alive(state: dict[str, object]) -> dict[str, list[int]]:
-    stages = state.get("stages") or {}
-    assert isinstance(stages, dict)
-    return {stage: [pid for pid in pids if pid_alive(pid)] for stage, pids in stages.items()}
-
-
-__all__ = ["broker_answers", "run_broker", "run_serve", "run_up", "stage_pids_alive"]

@@ -17,6 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from contracts.registry import TOPICS
+from contracts.v1 import ProducedBy
 from inference.server import TritonServer
 from services.runtime.embedded_broker import EmbeddedBroker
 from services.runtime.kafka_admin import ensure_topics
@@ -25,6 +26,7 @@ from services.runtime.stage import STAGES
 from services.runtime.topic_reader import read_topic
 
 pytestmark = pytest.mark.integration
+UPSTREAM = ProducedBy(service="upstream-test", version="1")
 T = TypeVar("T")
 
 
@@ -160,4 +162,12 @@ async def events_on(bootstrap: str, topic: Any, tenants: set[str]) -> list[Any]:
     return [event for event in decoded if getattr(event, "tenant_id", None) in tenants]
 
 
-__all__ = ["TOPICS", "StageProcesses", "events_on", "eventually", "publish_events", "tenant_name"]
+__all__ = [
+    "TOPICS",
+    "UPSTREAM",
+    "StageProcesses",
+    "events_on",
+    "eventually",
+    "publish_events",
+    "tenant_name",
+]

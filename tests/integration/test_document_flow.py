@@ -18,9 +18,9 @@ from contracts.v1 import (
     DocumentDeleteV1,
     DocumentUpsertV1,
     LineageRecordV1,
-    ProducedBy,
 )
 from tests.integration.conftest import (
+    UPSTREAM,
     StageProcesses,
     events_on,
     eventually,
@@ -29,7 +29,6 @@ from tests.integration.conftest import (
 )
 
 pytestmark = pytest.mark.integration
-UPSTREAM = ProducedBy(service="upstream-test", version="1")
 WORDS = (
     "leave policy salary review onboarding laptop travel expense security badge office remote"
 ).split()

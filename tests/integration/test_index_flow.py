@@ -10,11 +10,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from contracts.registry import TOPICS
-from contracts.v1 import ChunkSetV1, ChunkV1, DocumentDeleteV1, LineageRecordV1, ProducedBy
+from contracts.v1 import ChunkSetV1, ChunkV1, DocumentDeleteV1, LineageRecordV1
 from inference.server import TritonServer
 from services.route.index import VectorIndex
 from services.runtime.topic_reader import read_topic
 from tests.integration.conftest import (
+    UPSTREAM,
     StageProcesses,
     events_on,
     eventually,
@@ -24,7 +25,6 @@ from tests.integration.conftest import (
 from tests.integration.test_document_flow import document
 
 pytestmark = pytest.mark.integration
-UPSTREAM = ProducedBy(service="upstream-test", version="1")
 
 
 @asynccontextmanager
