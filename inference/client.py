@@ -158,8 +158,11 @@ class TritonClient:
         )
         return np.concatenate(vectors, axis=0)
 
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Generate one completion; with `json_schema`, the text is JSON valid against it."""
+    async def generate(
+        self, request: GenerationRequest, model: str | None = None
+    ) -> GenerationResult:
+        """Generate one completion with `model` (default: the client's generator); with
+        `json_schema`, the text is JSON valid against it."""
         client = self._require()
         messages = json.dumps([m.model_dump() for m in request.messages])
         schema = json.dumps(request.json_schema) if request.json_schema is not None else ""
@@ -177,7 +180,7 @@ class TritonClient:
 
         async def infer() -> Any:
             return await client.infer(
-                self.generator_model, inputs, client_timeout=self.generate_timeout_s
+                model or self.generator_model, inputs, client_timeout=self.generate_timeout_s
             )
 
         result = await self._call(infer)

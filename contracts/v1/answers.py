@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import Field
@@ -36,6 +37,19 @@ class GenerationRequestV1(Envelope):
     token_budget: int = Field(ge=0, description="Input + output tokens this request may use.")
     complexity_score: float = Field(ge=0.0)
     attempt: int = Field(default=0, ge=0, description="0 first; +1 per corrective retry.")
+    fallback_chain: list[str] = Field(
+        default_factory=list,
+        description="Tiers to escalate to, in order, when this tier fails or is unavailable.",
+        examples=[["extractive"]],
+    )
+    feedback: list[str] = Field(
+        default_factory=list,
+        description="Why the previous attempt failed validation (for the corrective prompt).",
+        examples=[["citation 3f1c… is not one of the retrieved chunks"]],
+    )
+    asked_at: datetime | None = Field(
+        default=None, description="When the question was published (for answer latency)."
+    )
 
 
 class GenerationV1(Envelope):
@@ -56,6 +70,17 @@ class GenerationV1(Envelope):
     finish_reason: str = Field(max_length=32, examples=["stop", "length"])
     model_latency_ms: float = Field(ge=0.0)
     attempt: int = Field(default=0, ge=0)
+    fallback_chain: list[str] = Field(default_factory=list, description="As in the request.")
+    max_output_tokens: int | None = Field(default=None, ge=1, description="As in the request.")
+    token_budget: int | None = Field(default=None, ge=0, description="As in the request.")
+    complexity_score: float = Field(default=0.0, ge=0.0, description="As in the request.")
+    asked_at: datetime | None = Field(default=None, description="As in the request.")
+    fallback_reason: str = Field(
+        default="",
+        max_length=512,
+        description="Why a tier of the chain produced this instead of the requested one.",
+        examples=["small: circuit open for triton at 127.0.0.1:8001"],
+    )
 
 
 class CitationV1(ContractModel):
@@ -86,3 +111,6 @@ class AnswerV1(Envelope):
     output_tokens: int = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0.0)
     latency_ms: float = Field(ge=0.0, description="From the question's produced_at to now.")
+    confidence: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="The tier's own confidence, if it gives one."
+    )

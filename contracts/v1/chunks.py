@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import struct
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -106,3 +107,6 @@ class QueryVectorV1(Envelope):
     options: QueryOptionsV1 = Field(default_factory=QueryOptionsV1)
     vector: VectorV1
     embedding_model: str = Field(max_length=128, examples=["all-MiniLM-L6-v2"])
+    asked_at: datetime | None = Field(
+        default=None, description="When upstream published the question (for answer latency)."
+    )

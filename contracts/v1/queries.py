@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import Field
@@ -37,3 +38,6 @@ class AcceptedQueryV1(Envelope):
         min_length=64, max_length=64, description="SHA-256 of the lower-cased question."
     )
     options: QueryOptionsV1 = Field(default_factory=QueryOptionsV1)
+    asked_at: datetime | None = Field(
+        default=None, description="When upstream published the question (for answer latency)."
+    )

@@ -212,6 +212,73 @@ def _print_ingest_report(report: object, wait: bool) -> None:
     )
 
 
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    tenant: Annotated[str, typer.Option(help="Tenant whose documents answer it.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 120.0,
+    top_k: Annotated[int | None, typer.Option(min=1, max=50, help="Chunks to retrieve.")] = None,
+    tier: Annotated[str | None, typer.Option(help="Ask for this model tier.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Publish a question and wait for its answer: text, numbered citations, tier, cache hit,
+    tokens, cost, latency; or a refusal with its reasons.
+
+    Exit 0 for an answer or a refusal, 2 when none came within --timeout, 1 when it could not
+    be asked (bad tenant, no broker or topics). JSON fields: request_id, question, answer,
+    citations (chunk_id, doc_id, source_uri, title, heading_path), tier, cache_hit,
+    input_tokens, output_tokens, cost_usd, latency_ms, client_latency_ms, confidence,
+    refusal (reasons, message), timed_out."""
+    from services.cli.ask_cmd import ask_command
+
+    code = ask_command(
+        question, tenant, timeout, as_json, _bootstrap(), top_k=top_k, tier=tier, out=out, err=err
+    )
+    raise typer.Exit(code)
+
+
+@app.command("eval")
+def eval_(
+    questions: Annotated[
+        Path, typer.Argument(help="Questions JSONL: question, expected_doc, key_facts, id?.")
+    ],
+    tenant: Annotated[str, typer.Option(help="Tenant the corpus was ingested for.")],
+    thresholds: Annotated[
+        Path | None,
+        typer.Option(
+            "--thresholds",
+            help="Minimum figures (JSON); default: eval_thresholds.json beside the questions.",
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds each question may take.")] = 120.0,
+    k: Annotated[int, typer.Option(min=1, help="Citations counted for hit@k.")] = 5,
+    concurrency: Annotated[int, typer.Option(min=1, help="Questions in flight at once.")] = 4,
+    as_json: JsonFlag = False,
+) -> None:
+    """Ask a labelled question set; score citations, key facts, refusals, tokens and latency.
+
+    Exit 1 when a threshold fails, 2 when the evaluation could not run (bad file, no broker)."""
+    from services.cli.eval_cmd import eval_command
+
+    code = eval_command(
+        questions, tenant, timeout, as_json, _bootstrap(),
+        thresholds_path=thresholds, k=k, concurrency=concurrency, out=out, err=err,
+    )  # fmt: skip
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    timeout: Annotated[float, typer.Option(help="Seconds each step may wait.")] = 300.0,
+) -> None:
+    """The whole job once: start broker, Triton and every stage (or use the running ones),
+    ingest examples/corpus as tenant `demo`, ask examples/questions.jsonl, print each answer
+    with its citations and a summary, stop. Exits 1 if any part failed."""
+    from services.cli.demo_cmd import run_demo
+
+    raise typer.Exit(run_demo(_settings(), out, timeout))
+
+
 @dlq_app.command("list")
 def dlq_list(
     stage: Annotated[str | None, typer.Option(help="Only this stage's dead letters.")] = None,

@@ -123,6 +123,7 @@ async def embed_queries(
             question=query.question,
             question_hash=query.question_hash,
             options=query.options,
+            asked_at=query.asked_at,
             vector=VectorV1.encode(vector),
             embedding_model=EMBEDDING_MODEL,
         )

@@ -165,6 +165,7 @@ async def ingest_query(
         question=prepared.question,
         question_hash=prepared.question_hash,
         options=event.options,
+        asked_at=event.produced_at,
     )
     await publish_event(accepted_queries, TOPICS.queries_accepted, accepted, STAGE)
     await publish_lineage(broker, lineage_record(STAGE, event, "ok", started, [accepted]))

@@ -1,4 +1,5 @@
-"""route stage: chunk vectors in, written to the vector index; stale versions removed."""
+"""route stage: chunk vectors into the index; questions to a cached answer, a refusal, or a
+generation request with their tier, context and budget."""
 
 from __future__ import annotations
 
@@ -7,17 +8,30 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from faststream import Context, FastStream
+from faststream import AckPolicy, Context, FastStream
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
+from pydantic import JsonValue
 
 from contracts.registry import TOPICS
-from contracts.v1 import ChunkSetV1, ChunkVectorV1
+from contracts.v1 import (
+    AnswerV1,
+    ChunkSetV1,
+    ChunkVectorV1,
+    GenerationRequestV1,
+    GenerationV1,
+    QueryVectorV1,
+)
 from contracts.v1.envelope import utc_now
+from services.route.budget import SpendLedger
+from services.route.cache import AnswerCache, CacheHit
 from services.route.index import VectorIndex
+from services.route.planner import plan_generation
+from services.runtime.answers import latency_ms, refusal_answer
 from services.runtime.batches import validate_batch
 from services.runtime.broker import subscriber_options
 from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.publishing import Publisher, derived_from, publish_event
 from services.runtime.settings import RouteSettings
 from services.runtime.stage import stage_app
 
@@ -28,6 +42,10 @@ STAGE = "route"
 class RouteResources:
     settings: RouteSettings
     index: VectorIndex
+    cache: AnswerCache
+    ledger: SpendLedger
+    generation_requests: Publisher
+    answers: Publisher
 
 
 Route = Annotated[RouteResources, Context("route")]
@@ -52,6 +70,9 @@ async def index_chunk_vectors(
         pending = []
         await route.index.apply_chunk_set(event)
     await route.index.upsert(pending)
+    changed = {e.tenant_id: e.event_id for e in batch.events if isinstance(e, ChunkSetV1)}
+    for tenant_id, version in changed.items():  # the tenant's cached answers are stale now
+        await route.cache.new_corpus_version(tenant_id, version)
     await batch.dead_letter_invalid(broker, STAGE)
     for event in batch.events:
         if isinstance(event, ChunkSetV1):
@@ -65,8 +86,133 @@ async def index_chunk_vectors(
             )
 
 
-def build_router(settings: RouteSettings) -> KafkaRouter:
+async def _answer_from_cache(
+    query: QueryVectorV1, hit: CacheHit, route: RouteResources
+) -> AnswerV1:
+    cached = hit.answer
+    answer = AnswerV1(
+        **derived_from(query, STAGE),
+        request_id=query.request_id,
+        question=query.question,
+        answer=cached.answer,
+        citations=cached.citations,
+        tier=cached.tier,
+        cache_hit="exact" if hit.kind == "exact" else "semantic",
+        confidence=cached.confidence,
+        latency_ms=latency_ms(query.asked_at, query.produced_at),
+    )
+    await publish_event(route.answers, TOPICS.answers, answer, STAGE)
+    return answer
+
+
+async def route_query(query: QueryVectorV1, broker: KafkaBroker, route: RouteResources) -> None:
+    """Exact cache, semantic cache, else retrieve, plan, and send to generation (or refuse)."""
+    started = utc_now()
+    settings = route.settings
+    tenant = query.tenant_id
+    vector = query.vector.decode()
+    version = await route.cache.corpus_version(tenant)
+    details: dict[str, JsonValue] = {"corpus_version": version}
+    hit = await route.cache.lookup_exact(tenant, query.question_hash, version)
+    if hit is None:
+        hit = await route.cache.lookup_semantic(
+            tenant, vector, version, settings.semantic_cache_threshold
+        )
+    if hit is not None and query.options.tier and hit.answer.tier != query.options.tier:
+        details["cache_skipped"] = f"cached answer is from tier {hit.answer.tier}"
+        hit = None  # the question asks for another tier than the one that answered before
+    if hit is not None:
+        answer = await _answer_from_cache(query, hit, route)
+        details |= {
+            "cache": hit.kind,
+            "similarity": round(hit.similarity, 4),
+            "cached_request_id": hit.source_request_id,
+        }
+        record = lineage_record(STAGE, query, "cache_hit", started, [answer], details)
+        await publish_lineage(broker, record)
+        return
+    details["cache"] = "miss"
+    hits = await route.index.search(
+        tenant, vector, limit=query.options.top_k or settings.top_k, min_score=settings.min_score
+    )
+    now = utc_now()
+    spent = route.ledger.spent_today(tenant, now)
+    plan = plan_generation(query.question, hits, query.options, settings, tenant, spent)
+    details |= plan.details
+    if plan.refusal is not None or plan.choice is None:
+        assert plan.refusal is not None
+        refusal = refusal_answer(
+            query,
+            STAGE,
+            request_id=query.request_id,
+            question=query.question,
+            reasons=plan.refusal.reasons,
+            message=plan.refusal.message,
+            asked_at=query.asked_at,
+        )
+        await publish_event(route.answers, TOPICS.answers, refusal, STAGE)
+        await publish_lineage(
+            broker, lineage_record(STAGE, query, "refused", started, [refusal], details)
+        )
+        return
+    route.ledger.reserve(tenant, query.request_id, plan.estimate, now)
+    await route.cache.remember_pending(
+        tenant, query.request_id, query.question_hash, vector, version
+    )
+    request = GenerationRequestV1(
+        **derived_from(query, STAGE),
+        request_id=query.request_id,
+        question=query.question,
+        tier=plan.choice.tier.name,
+        prompt_name=settings.prompt_name,
+        prompt_version=query.options.prompt_version or settings.prompt_version,
+        context=plan.context,
+        max_output_tokens=plan.max_output_tokens,
+        token_budget=plan.token_budget,
+        complexity_score=plan.score.value if plan.score else 0.0,
+        fallback_chain=plan.choice.fallback_chain,
+        asked_at=query.asked_at or query.produced_at,
+    )
+    await publish_event(route.generation_requests, TOPICS.generation_requests, request, STAGE)
+    await publish_lineage(broker, lineage_record(STAGE, query, "ok", started, [request], details))
+
+
+async def route_queries(
+    values: list[bytes], message: KafkaMessage, broker: KafkaBroker, route: Route
+) -> None:
+    batch = validate_batch(message, TOPICS.query_vectors)
+    for query in batch.events:
+        await route_query(query, broker, route)
+    await batch.dead_letter_invalid(broker, STAGE)
+
+
+async def cache_answers(
+    values: list[bytes], message: KafkaMessage, broker: KafkaBroker, route: Route
+) -> None:
+    """Validated answers fill the pending cache entries of their questions."""
+    batch = validate_batch(message, TOPICS.answers)
+    for answer in batch.events:
+        await route.cache.store_answer(answer)
+    await batch.dead_letter_invalid(broker, STAGE)
+
+
+async def charge_generations(values: list[bytes], message: KafkaMessage, route: Route) -> None:
+    """Every generation's tokens to its tenant's daily spend. This subscriber has no consumer
+    group: each route process reads the whole topic from the start, so the ledger is rebuilt
+    on every start and every replica sees every tenant's spend. Bad records are left to
+    validate's own consumer to dead-letter."""
+    batch = validate_batch(message, TOPICS.generations)
+    for generation in batch.events:
+        assert isinstance(generation, GenerationV1)
+        route.ledger.record(generation)
+
+
+def build_router(settings: RouteSettings) -> tuple[KafkaRouter, Publisher, Publisher]:
     router = KafkaRouter()
+    generation_requests = router.publisher(
+        TOPICS.generation_requests.name, title="generation-requests"
+    )
+    answers = router.publisher(TOPICS.answers.name, title="answers")
     router.subscriber(
         TOPICS.chunk_vectors.name,
         batch=True,
@@ -74,7 +220,30 @@ def build_router(settings: RouteSettings) -> KafkaRouter:
         batch_timeout_ms=settings.index_batch_wait_ms,
         **subscriber_options(STAGE, TOPICS.chunk_vectors),
     )(index_chunk_vectors)
-    return router
+    router.subscriber(
+        TOPICS.query_vectors.name,
+        batch=True,
+        max_records=16,
+        batch_timeout_ms=5,
+        **subscriber_options(STAGE, TOPICS.query_vectors),
+    )(route_queries)
+    router.subscriber(
+        TOPICS.answers.name,
+        batch=True,
+        max_records=64,
+        batch_timeout_ms=20,
+        **subscriber_options(STAGE, TOPICS.answers),
+    )(cache_answers)
+    router.subscriber(
+        TOPICS.generations.name,
+        batch=True,
+        max_records=256,
+        batch_timeout_ms=20,
+        group_id=None,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+    )(charge_generations)
+    return router, generation_requests, answers
 
 
 def open_index(settings: RouteSettings) -> VectorIndex:
@@ -86,14 +255,20 @@ def open_index(settings: RouteSettings) -> VectorIndex:
 
 def create_app(settings: RouteSettings | None = None) -> FastStream:
     settings = settings or RouteSettings()
+    router, generation_requests, answers = build_router(settings)
 
     @asynccontextmanager
     async def resources() -> AsyncIterator[dict[str, Any]]:
         index = open_index(settings)
         await index.warm_up()
+        cache = AnswerCache(index.client, settings.cache_collection, settings.exact_cache_entries)
+        await cache.warm_up()
+        resources = RouteResources(
+            settings, index, cache, SpendLedger(), generation_requests, answers
+        )
         try:
-            yield {"route": RouteResources(settings, index)}
+            yield {"route": resources}
         finally:
             await index.close()
 
-    return stage_app(STAGE, settings, build_router(settings), resources)
+    return stage_app(STAGE, settings, router, resources)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -89,7 +90,97 @@ class EmbedSettings(RuntimeSettings):
     )
 
 
-class RouteSettings(RuntimeSettings):
+class TierSpec(BaseModel):
+    """One model tier. The list in `RAGSTREAM_TIERS` is ordered cheapest first; route picks
+    the first automatic tier whose `max_complexity` covers the question, and a failing tier
+    falls back to the automatic tiers before it, down to `extractive`."""
+
+    name: str = Field(min_length=1, max_length=64)
+    kind: Literal["extractive", "triton", "openai", "fixed"]
+    max_complexity: float = Field(default=1.0, ge=0.0, le=1.0)
+    auto: bool = Field(default=True, description="False: only used when a query asks for it.")
+    model: str = Field(default="", description="Triton model name, or the endpoint's model.")
+    model_version: str = "1"
+    url: str = Field(default="", description="openai: base URL of an OpenAI-compatible API.")
+    api_key_env: str = Field(default="", description="openai: env var holding the API key.")
+    context_tokens: int = Field(default=600, ge=0, description="Tokens of selected context.")
+    max_output_tokens: int = Field(default=160, ge=1)
+    input_usd_per_1k: float = Field(default=0.0, ge=0.0, description="Price of 1000 input tokens.")
+    output_usd_per_1k: float = Field(default=0.0, ge=0.0)
+    outputs: list[str] = Field(
+        default_factory=list, description="fixed: raw outputs returned in turn (test tiers)."
+    )
+
+    def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
+        return (
+            input_tokens * self.input_usd_per_1k + output_tokens * self.output_usd_per_1k
+        ) / 1000
+
+
+DEFAULT_TIERS = [
+    TierSpec(name="extractive", kind="extractive", max_complexity=0.45, context_tokens=400,
+             max_output_tokens=120),
+    TierSpec(name="small", kind="triton", model="generator", max_complexity=1.0,
+             context_tokens=500, max_output_tokens=128, input_usd_per_1k=0.00002,
+             output_usd_per_1k=0.00008),
+]  # fmt: skip
+
+
+class TenantBudget(BaseModel):
+    request_tokens: int | None = Field(default=None, ge=1)
+    daily_tokens: int | None = Field(default=None, ge=0)
+
+
+class QuerySettings(RuntimeSettings):
+    """What route, generate and validate share: tiers, prompts, budgets, validation rules."""
+
+    tiers: list[TierSpec] = Field(default_factory=lambda: list(DEFAULT_TIERS))
+    prompt_name: str = "grounded_answer"
+    prompt_version: str = "v1"
+    top_k: int = Field(default=5, ge=1, le=50, description="Chunks retrieved per question.")
+    min_score: float = Field(default=0.2, ge=0.0, le=1.0, description="Least cosine to keep.")
+    semantic_cache_threshold: float = Field(default=0.92, gt=0.0, le=1.0)
+    exact_cache_entries: int = Field(default=2048, ge=0, description="In-process LRU size.")
+    request_token_budget: int = Field(default=2000, ge=1, description="Tokens per request.")
+    daily_token_cap: int = Field(default=2_000_000, ge=0, description="Tokens per tenant a day.")
+    tenant_budgets: dict[str, TenantBudget] = Field(
+        default_factory=dict, description='Per-tenant overrides: {"acme": {"daily_tokens": 500}}'
+    )
+    groundedness_threshold: float = Field(default=0.6, ge=0.0, le=1.0)
+    max_answer_chars: int = Field(default=1200, ge=1)
+    banned_phrases: list[str] = Field(default_factory=lambda: ["as an ai language model"])
+    generate_batch_size: int = Field(default=8, ge=1, le=64)
+    generate_batch_wait_ms: int = Field(default=20, ge=0)
+
+    @model_validator(mode="after")
+    def _tiers_are_usable(self) -> QuerySettings:
+        names = [tier.name for tier in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"RAGSTREAM_TIERS names must be unique, got {names}")
+        if not any(t.kind == "extractive" and t.auto for t in self.tiers):
+            raise ValueError(
+                "RAGSTREAM_TIERS needs an automatic `extractive` tier: it is the fallback that "
+                "answers when every model is down"
+            )
+        return self
+
+    def tier(self, name: str) -> TierSpec:
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        raise KeyError(f"unknown tier {name!r}; RAGSTREAM_TIERS has {[t.name for t in self.tiers]}")
+
+    def budget_of(self, tenant_id: str) -> tuple[int, int]:
+        """(tokens per request, tokens per day) for a tenant."""
+        override = self.tenant_budgets.get(tenant_id, TenantBudget())
+        return (
+            override.request_tokens or self.request_token_budget,
+            self.daily_token_cap if override.daily_tokens is None else override.daily_tokens,
+        )
+
+
+class RouteSettings(QuerySettings):
     qdrant_collection: str = Field(default="ragstream_chunks")
+    cache_collection: str = Field(default="ragstream_answers")
     index_batch_size: int = Field(default=128, ge=1, le=4096, description="Vectors per upsert.")
     index_batch_wait_ms: int = Field(default=100, ge=0)

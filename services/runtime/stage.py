@@ -18,7 +18,7 @@ from services.runtime.runstate import resolve_bootstrap
 from services.runtime.settings import RuntimeSettings
 
 #: Stages built so far, in pipeline order. `ragstream up` runs each of them.
-STAGES: tuple[str, ...] = ("ingest", "chunk", "embed", "route")
+STAGES: tuple[str, ...] = ("ingest", "chunk", "embed", "route", "generate", "validate")
 
 #: Stages that call Triton: `ragstream up` starts it for them.
 NEEDS_TRITON = {"embed", "generate"}
@@ -31,7 +31,9 @@ STAGE_INPUTS: dict[str, tuple[TopicSpec, ...]] = {
     "ingest": (TOPICS.documents, TOPICS.queries),
     "chunk": (TOPICS.documents_accepted,),
     "embed": (TOPICS.chunks, TOPICS.queries_accepted),
-    "route": (TOPICS.chunk_vectors,),
+    "route": (TOPICS.chunk_vectors, TOPICS.query_vectors, TOPICS.answers),
+    "generate": (TOPICS.generation_requests,),
+    "validate": (TOPICS.generations,),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +28,27 @@ from services.runtime.topic_reader import read_topic
 
 pytestmark = pytest.mark.integration
 UPSTREAM = ProducedBy(service="upstream-test", version="1")
+#: A tenant whose daily token cap is tiny (set in the pipeline's environment).
+TINY_BUDGET_TENANT = f"tiny-budget-{uuid.uuid4().hex[:8]}"
+TINY_DAILY_TOKENS = 1500
+_UNKNOWN_CHUNK = "00000000-0000-4000-8000-000000000000"
+#: Test tiers with fixed bad outputs (asked for by name), beside the real ones.
+TEST_TIERS = [
+    {"name": "extractive", "kind": "extractive", "max_complexity": 0.45,
+     "context_tokens": 400, "max_output_tokens": 120},
+    {"name": "small", "kind": "triton", "model": "generator", "max_complexity": 1.0,
+     "context_tokens": 500, "max_output_tokens": 128,
+     "input_usd_per_1k": 0.00002, "output_usd_per_1k": 0.00008},
+    {"name": "invented-citation", "kind": "fixed", "auto": False, "outputs": [
+        '{"answer": "Employees get 25 days of paid vacation.",'
+        ' "citations": ["' + _UNKNOWN_CHUNK + '"], "confidence": 0.9}']},
+    {"name": "pii-leak", "kind": "fixed", "auto": False, "outputs": [
+        '{"answer": "Write to jane.roe@example.org or call +1 415 555 0134.",'
+        ' "citations": ["$chunk_0"], "confidence": 0.9}']},
+    {"name": "ungrounded", "kind": "fixed", "auto": False, "outputs": [
+        '{"answer": "The moon orbits Jupiter every fortnight, astronomers say.",'
+        ' "citations": ["$chunk_0"], "confidence": 0.9}']},
+]  # fmt: skip
 T = TypeVar("T")
 
 
@@ -48,7 +70,8 @@ class StageProcesses:
     env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, stage: str) -> None:
+    def start(self, stage: str, **env: str) -> None:
+        """Start `ragstream serve STAGE`; `env` overrides the pipeline's environment."""
         log = open(self.data_dir / f"{stage}.log", "ab")
         self.processes[stage] = subprocess.Popen(
             [sys.executable, "-m", "services.cli.main", "serve", stage],
@@ -58,6 +81,7 @@ class StageProcesses:
                 "RAGSTREAM_DATA_DIR": str(self.data_dir),
                 "RAGSTREAM_READY_DIR": str(self.ready_dir),
                 **self.env,
+                **env,
             },
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -81,8 +105,8 @@ class StageProcesses:
         process.terminate()
         process.wait(timeout=30)
 
-    def restart(self, stage: str) -> None:
-        self.start(stage)
+    def restart(self, stage: str, **env: str) -> None:
+        self.start(stage, **env)
         self.wait_ready()
 
     def alive(self, stage: str) -> bool:
@@ -102,14 +126,16 @@ class StageProcesses:
 def pipeline(
     kafka: EmbeddedBroker, triton_server: TritonServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StageProcesses]:
-    """ingest, chunk, embed and route as processes, on the session's broker and Triton."""
+    """Every stage as a process, on the session's broker and Triton."""
     data_dir = tmp_path_factory.mktemp("ragstream-data")
     stages = StageProcesses(
         kafka.bootstrap_servers,
         data_dir,
         data_dir / "ready",
         env={"RAGSTREAM_TENANT_BURST": "5000", "RAGSTREAM_TRITON_URL": triton_server.grpc_url,
-             "RAGSTREAM_TRITON_RETRY_AFTER_S": "0.5"},
+             "RAGSTREAM_TRITON_RETRY_AFTER_S": "0.5", "RAGSTREAM_TIERS": json.dumps(TEST_TIERS),
+             "RAGSTREAM_TENANT_BUDGETS": json.dumps(
+                 {TINY_BUDGET_TENANT: {"daily_tokens": TINY_DAILY_TOKENS}})},
     )  # fmt: skip
     for stage in STAGES:
         stages.start(stage)
@@ -163,6 +189,8 @@ async def events_on(bootstrap: str, topic: Any, tenants: set[str]) -> list[Any]:
 
 
 __all__ = [
+    "TINY_BUDGET_TENANT",
+    "TINY_DAILY_TOKENS",
     "TOPICS",
     "UPSTREAM",
     "StageProcesses",

@@ -1,0 +1,200 @@
+"""Answer caches in the vector store: exact (same normalised question) and semantic (a close
+question vector), per tenant, valid only for the tenant's current corpus version.
+
+Each question route sends to generation leaves a pending entry (its vector, hash and corpus
+version); when its validated answer comes back on the answers topic the entry becomes ready.
+A tenant's changed document gives it a new corpus version, and its older entries stop
+matching and are deleted. An in-process LRU sits in front of the exact lookups.
+
+>>> cache = AnswerCache(index.client, "ragstream_answers")  # doctest: +SKIP
+>>> await cache.lookup_exact("acme", question_hash, version)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from qdrant_client import AsyncQdrantClient, models
+
+from contracts.v1 import AnswerV1
+from services.route.index import TENANT_FIELD, VECTOR_SIZE
+
+_NAMESPACE = uuid.UUID("6f1d3c2a-2b8e-4f4e-9d55-6b1f0a7e9c11")
+_CORPUS_VECTOR = [1.0] + [0.0] * (VECTOR_SIZE - 1)
+INITIAL_CORPUS_VERSION = "0"
+
+
+def _point_id(*parts: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, "\x1f".join(parts)))
+
+
+def _match(key: str, value: Any) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    answer: AnswerV1
+    kind: str  # "exact" or "semantic"
+    similarity: float
+    source_request_id: str
+
+
+class _Lru:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, ...], CacheHit] = OrderedDict()
+
+    def get(self, key: tuple[str, ...]) -> CacheHit | None:
+        hit = self._items.get(key)
+        if hit is not None:
+            self._items.move_to_end(key)
+        return hit
+
+    def put(self, key: tuple[str, ...], hit: CacheHit) -> None:
+        if self.size <= 0:
+            return
+        self._items[key] = hit
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+class AnswerCache:
+    """Validated answers per tenant, keyed by question hash and question vector."""
+
+    def __init__(self, client: AsyncQdrantClient, collection: str, lru_entries: int = 2048):
+        self.client = client
+        self.collection = collection
+        self._lru = _Lru(lru_entries)
+
+    async def warm_up(self) -> None:
+        if not await self.client.collection_exists(self.collection):
+            await self.client.create_collection(
+                self.collection,
+                vectors_config=models.VectorParams(
+                    size=VECTOR_SIZE, distance=models.Distance.COSINE
+                ),
+            )
+
+    async def corpus_version(self, tenant_id: str) -> str:
+        points = await self.client.retrieve(self.collection, [_point_id("corpus", tenant_id)])
+        if not points or not points[0].payload:
+            return INITIAL_CORPUS_VERSION
+        return str(points[0].payload["corpus_version"])
+
+    async def new_corpus_version(self, tenant_id: str, version: str) -> None:
+        """The tenant's corpus changed: record `version`, drop every answer of an older one."""
+        await self.client.upsert(
+            self.collection,
+            points=[
+                models.PointStruct(
+                    id=_point_id("corpus", tenant_id),
+                    vector=_CORPUS_VECTOR,
+                    payload={"kind": "corpus", TENANT_FIELD: tenant_id, "corpus_version": version},
+                )
+            ],
+            wait=True,
+        )
+        stale = models.Filter(
+            must=[_match("kind", "answer"), _match(TENANT_FIELD, tenant_id)],
+            must_not=[_match("corpus_version", version)],
+        )
+        await self.client.delete(
+            self.collection, points_selector=models.FilterSelector(filter=stale), wait=True
+        )
+
+    def _ready(self, tenant_id: str, version: str) -> list[models.Condition]:
+        return [
+            _match("kind", "answer"),
+            _match(TENANT_FIELD, tenant_id),
+            _match("corpus_version", version),
+            _match("ready", True),
+        ]
+
+    @staticmethod
+    def _hit(payload: dict[str, Any], kind: str, similarity: float) -> CacheHit:
+        answer = AnswerV1.model_validate_json(payload["answer"])
+        return CacheHit(answer, kind, similarity, answer.request_id)
+
+    async def lookup_exact(
+        self, tenant_id: str, question_hash: str, version: str
+    ) -> CacheHit | None:
+        key = (tenant_id, question_hash, version)
+        if (hit := self._lru.get(key)) is not None:
+            return hit
+        points, _ = await self.client.scroll(
+            self.collection,
+            scroll_filter=models.Filter(
+                must=[*self._ready(tenant_id, version), _match("question_hash", question_hash)]
+            ),
+            limit=1,
+            with_payload=True,
+        )
+        if not points:
+            return None
+        hit = self._hit(dict(points[0].payload or {}), "exact", 1.0)
+        self._lru.put(key, hit)
+        return hit
+
+    async def lookup_semantic(
+        self, tenant_id: str, vector: Sequence[float], version: str, threshold: float
+    ) -> CacheHit | None:
+        result = await self.client.query_points(
+            self.collection,
+            query=list(vector),
+            query_filter=models.Filter(must=self._ready(tenant_id, version)),
+            limit=1,
+            score_threshold=threshold,
+            with_payload=True,
+        )
+        if not result.points:
+            return None
+        best = result.points[0]
+        return self._hit(dict(best.payload or {}), "semantic", best.score)
+
+    async def remember_pending(
+        self,
+        tenant_id: str,
+        request_id: str,
+        question_hash: str,
+        vector: Sequence[float],
+        version: str,
+    ) -> None:
+        """A question sent to generation: its entry, to be filled by its validated answer."""
+        payload = {
+            "kind": "answer",
+            TENANT_FIELD: tenant_id,
+            "request_id": request_id,
+            "question_hash": question_hash,
+            "corpus_version": version,
+            "ready": False,
+        }
+        point = models.PointStruct(
+            id=_point_id("answer", tenant_id, request_id), vector=list(vector), payload=payload
+        )
+        await self.client.upsert(self.collection, points=[point], wait=True)
+
+    async def store_answer(self, answer: AnswerV1) -> bool:
+        """Fill the pending entry of `answer`'s request; False when there is none (a cache hit,
+        a refusal, or an entry a newer corpus version has dropped)."""
+        if answer.refusal is not None or answer.cache_hit != "none" or answer.answer is None:
+            return False
+        point_id = _point_id("answer", answer.tenant_id, answer.request_id)
+        points = await self.client.retrieve(self.collection, [point_id], with_payload=True)
+        if not points:
+            return False
+        payload = dict(points[0].payload or {})
+        await self.client.set_payload(
+            self.collection,
+            payload={"ready": True, "answer": answer.model_dump_json()},
+            points=[point_id],
+            wait=True,
+        )
+        key = (answer.tenant_id, str(payload["question_hash"]), str(payload["corpus_version"]))
+        self._lru.put(key, CacheHit(answer, "exact", 1.0, answer.request_id))
+        return True

@@ -1,0 +1,1 @@
+"""validate: checks a generated answer (schema, citations, grounding, PII) before publishing."""
