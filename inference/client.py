@@ -6,12 +6,14 @@ import asyncio
 import functools
 import json
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeVar
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
+from opentelemetry import trace
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -33,6 +35,8 @@ from inference.generation import GenerationRequest, GenerationResult
 _TRANSIENT = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"}
 EMBEDDING_DIMENSIONS = 384  # the embedder's output `embedding` (all-MiniLM-L6-v2)
 T = TypeVar("T")
+#: Model calls are spans with OpenTelemetry's GenAI attributes; a no-op without a provider.
+_tracer = trace.get_tracer(__name__)
 
 
 class EmbedPriority(IntEnum):
@@ -137,6 +141,17 @@ class TritonClient:
         client = self._require()
         if not texts:
             return np.zeros((0, EMBEDDING_DIMENSIONS), dtype=np.float32)
+        with self._model_span("embeddings", self.embedder_model) as span:
+            span.set_attribute("gen_ai.embeddings.dimension.count", EMBEDDING_DIMENSIONS)
+            span.set_attribute("ragstream.embed.texts", len(texts))
+            return await self._embed(client, texts, priority)
+
+    async def _embed(
+        self,
+        client: grpcclient.InferenceServerClient,
+        texts: Sequence[str],
+        priority: EmbedPriority,
+    ) -> np.ndarray:
         size = self.embed_batch_size
         parts = [texts[i : i + size] for i in range(0, len(texts), size)]
 
@@ -178,18 +193,25 @@ class TritonClient:
             tensor.set_data_from_numpy(data)
             inputs.append(tensor)
 
-        async def infer() -> Any:
-            return await client.infer(
-                model or self.generator_model, inputs, client_timeout=self.generate_timeout_s
-            )
+        model = model or self.generator_model
 
-        result = await self._call(infer)
-        return GenerationResult(
-            text=result.as_numpy("text").reshape(-1)[0].decode("utf-8"),
-            input_tokens=int(result.as_numpy("input_tokens").reshape(-1)[0]),
-            output_tokens=int(result.as_numpy("output_tokens").reshape(-1)[0]),
-            finish_reason=result.as_numpy("finish_reason").reshape(-1)[0].decode(),
-        )
+        async def infer() -> Any:
+            return await client.infer(model, inputs, client_timeout=self.generate_timeout_s)
+
+        with self._model_span("chat", model) as span:
+            span.set_attribute("gen_ai.request.max_tokens", request.max_new_tokens)
+            span.set_attribute("gen_ai.request.temperature", request.temperature)
+            result = await self._call(infer)
+            generated = GenerationResult(
+                text=result.as_numpy("text").reshape(-1)[0].decode("utf-8"),
+                input_tokens=int(result.as_numpy("input_tokens").reshape(-1)[0]),
+                output_tokens=int(result.as_numpy("output_tokens").reshape(-1)[0]),
+                finish_reason=result.as_numpy("finish_reason").reshape(-1)[0].decode(),
+            )
+            span.set_attribute("gen_ai.usage.input_tokens", generated.input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", generated.output_tokens)
+            span.set_attribute("gen_ai.response.finish_reasons", [generated.finish_reason])
+        return generated
 
     async def statistics(self, model: str) -> ModelStatistics:
         """Triton's inference statistics for `model` (for benchmarks and tests)."""
@@ -210,6 +232,19 @@ class TritonClient:
             success_count=number("success", "count"),
             queue_ns=number("queue", "ns"),
             compute_infer_ns=number("compute_infer", "ns"),
+        )
+
+    def _model_span(self, operation: str, model: str) -> AbstractContextManager[trace.Span]:
+        """A client span named as the GenAI conventions name it: "chat generator"."""
+        return _tracer.start_as_current_span(
+            f"{operation} {model}",
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": operation,
+                "gen_ai.system": "triton",
+                "gen_ai.request.model": model,
+                "server.address": self.url,
+            },
         )
 
     def _require(self) -> grpcclient.InferenceServerClient:

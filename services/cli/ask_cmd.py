@@ -14,6 +14,8 @@ import uuid_utils
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from confluent_kafka import KafkaException
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
@@ -24,11 +26,13 @@ from contracts.v1.envelope import utc_now
 from services.runtime.kafka_admin import partition_counts
 from services.runtime.publishing import event_bytes, event_headers, produced_by
 from services.runtime.topic_reader import TopicTail
+from services.runtime.tracing import inject_trace_context
 
 if TYPE_CHECKING:
-    from services.cli.eval_cmd import QuestionSpec
+    from services.cli.evaluation import QuestionSpec
 
 CLI = "ragstream-cli"
+_tracer = trace.get_tracer(__name__)
 EXIT_ANSWERED = 0  # an answer or a refusal: both are the pipeline's valid outcomes
 EXIT_UNAVAILABLE = 1
 EXIT_TIMED_OUT = 2
@@ -125,26 +129,45 @@ async def _ask_one(
         future: asyncio.Future[tuple[AnswerV1, float]] = asyncio.get_running_loop().create_future()
         waiting[event.request_id] = future  # before publishing: a fast answer is not missed
         started = time.monotonic()
-        headers = [(k, v.encode()) for k, v in event_headers(TOPICS.queries, event, CLI).items()]
-        try:
-            await asyncio.wait_for(
-                producer.send_and_wait(
-                    TOPICS.queries.name,
-                    event_bytes(event),
-                    key=TOPICS.queries.key_bytes(event),
-                    headers=headers,
-                ),
-                timeout_s,
-            )
-            left = max(0.0, started + timeout_s - time.monotonic())
-            answer, received = await asyncio.wait_for(future, left)
-        except TimeoutError:
-            elapsed_ms = (time.monotonic() - started) * 1000
-            return AskResult(event.question, event.request_id, None, elapsed_ms, True, question_id)
-        finally:
-            waiting.pop(event.request_id, None)
+        # The request's trace starts here: its context travels in the record's headers.
+        with _tracer.start_as_current_span(
+            "ragstream ask", kind=SpanKind.CLIENT, attributes=_ask_attributes(event)
+        ) as span:
+            headers = [
+                (k, v.encode())
+                for k, v in inject_trace_context(event_headers(TOPICS.queries, event, CLI)).items()
+            ]
+            try:
+                await asyncio.wait_for(
+                    producer.send_and_wait(
+                        TOPICS.queries.name,
+                        event_bytes(event),
+                        key=TOPICS.queries.key_bytes(event),
+                        headers=headers,
+                    ),
+                    timeout_s,
+                )
+                left = max(0.0, started + timeout_s - time.monotonic())
+                answer, received = await asyncio.wait_for(future, left)
+            except TimeoutError:
+                elapsed_ms = (time.monotonic() - started) * 1000
+                span.set_status(StatusCode.ERROR, "no answer in time")
+                return AskResult(
+                    event.question, event.request_id, None, elapsed_ms, True, question_id
+                )
+            finally:
+                waiting.pop(event.request_id, None)
     elapsed_ms = (received - started) * 1000
     return AskResult(event.question, event.request_id, answer, elapsed_ms, False, question_id)
+
+
+def _ask_attributes(event: QueryV1) -> dict[str, str]:
+    return {
+        "ragstream.request_id": event.request_id,
+        "ragstream.tenant_id": event.tenant_id,
+        "messaging.message.conversation_id": event.correlation_id,
+        "messaging.destination.name": TOPICS.queries.name,
+    }
 
 
 def _reporting_to(on_result: Callable[[AskResult], None]) -> Callable[[asyncio.Task[Any]], None]:
@@ -207,7 +230,12 @@ async def ask_questions(
 
 
 def _citation_label(citation: CitationV1) -> str:
-    path = HEADING_SEPARATOR.join(part for part in (citation.title, *citation.heading_path) if part)
+    """Title, headings (document id); a top heading that repeats the title is shown once."""
+    parts: list[str] = []
+    for part in (citation.title, *citation.heading_path):
+        if part and (not parts or parts[-1] != part):
+            parts.append(part)
+    path = HEADING_SEPARATOR.join(parts)
     return f"{path} ({citation.doc_id})" if path else citation.doc_id
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -21,6 +23,7 @@ from contracts.v1.documents import UpstreamContentType
 from services.runtime.publishing import event_bytes, event_headers, produced_by
 from services.runtime.stage import DOCUMENT_PATH_END
 from services.runtime.topic_reader import TopicTail
+from services.runtime.tracing import inject_trace_context
 
 CONTENT_TYPES: dict[str, UpstreamContentType] = {
     ".md": "text/markdown",
@@ -30,6 +33,7 @@ CONTENT_TYPES: dict[str, UpstreamContentType] = {
     ".htm": "text/html",
 }
 CLI = "ragstream-cli"
+_tracer = trace.get_tracer(__name__)
 _MD_TITLE = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.MULTILINE)
 _HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
@@ -169,17 +173,20 @@ async def ingest_paths(
                     continue
                 event = document_event(path, doc_id, tenant, content)
                 report.outcomes[event.correlation_id] = Outcome(doc_id, path)
-                headers = [
-                    (k, v.encode()) for k, v in event_headers(TOPICS.documents, event, CLI).items()
-                ]
-                sends.append(
-                    await producer.send(
-                        TOPICS.documents.name,
-                        event_bytes(event),
-                        key=TOPICS.documents.key_bytes(event),
-                        headers=headers,
+                with _tracer.start_as_current_span(  # the document's trace starts here
+                    "ragstream ingest",
+                    kind=SpanKind.PRODUCER,
+                    attributes={"ragstream.doc_id": doc_id, "ragstream.tenant_id": tenant},
+                ):
+                    headers = inject_trace_context(event_headers(TOPICS.documents, event, CLI))
+                    sends.append(
+                        await producer.send(
+                            TOPICS.documents.name,
+                            event_bytes(event),
+                            key=TOPICS.documents.key_bytes(event),
+                            headers=[(k, v.encode()) for k, v in headers.items()],
+                        )
                     )
-                )
                 progress.advance(task)
             await asyncio.gather(*sends)
             if tail is not None:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from services.cli.audit_cmd import audit_app
 from services.runtime.settings import RuntimeSettings
 from services.runtime.stage import STAGES
 
@@ -30,6 +31,7 @@ contracts_app = typer.Typer(
 )
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(contracts_app, name="contracts")
+app.add_typer(audit_app, name="audit")
 
 out = Console()
 err = Console(stderr=True)
@@ -180,8 +182,10 @@ def ingest(
     replaces changed documents and skips unchanged ones. --wait follows every document to
     the last stage (or the DLQ) and exits 1 if any was rejected or timed out."""
     from services.cli.ingest_cmd import ingest_paths
+    from services.runtime.tracing import traced_process
 
-    report = asyncio.run(ingest_paths(_bootstrap(), paths, tenant, wait, timeout, err))
+    with traced_process("cli", _settings()):  # each document's trace starts here
+        report = asyncio.run(ingest_paths(_bootstrap(), paths, tenant, wait, timeout, err))
     if as_json:
         print(json.dumps(report.as_json(), indent=2))
     else:
@@ -230,10 +234,13 @@ def ask(
     input_tokens, output_tokens, cost_usd, latency_ms, client_latency_ms, confidence,
     refusal (reasons, message), timed_out."""
     from services.cli.ask_cmd import ask_command
+    from services.runtime.tracing import traced_process
 
-    code = ask_command(
-        question, tenant, timeout, as_json, _bootstrap(), top_k=top_k, tier=tier, out=out, err=err
-    )
+    bootstrap = _bootstrap()
+    with traced_process("cli", _settings()):  # the question's trace starts here
+        code = ask_command(
+            question, tenant, timeout, as_json, bootstrap, top_k=top_k, tier=tier, out=out, err=err
+        )
     raise typer.Exit(code)
 
 

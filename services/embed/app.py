@@ -29,7 +29,7 @@ from contracts.v1.envelope import new_event_id, utc_now
 from inference.client import EmbedPriority, TritonClient
 from inference.exceptions import InferenceUnavailableError
 from services.runtime.batches import validate_batch
-from services.runtime.broker import subscriber_options
+from services.runtime.broker import subscribe_batches
 from services.runtime.lineage import lineage_record, publish_lineage
 from services.runtime.publishing import Publisher, derived_from, publish_event
 from services.runtime.runstate import resolve_triton_url
@@ -85,9 +85,10 @@ async def embed_chunks(
     started = utc_now()
     batch = validate_batch(message, TOPICS.chunks)
     chunks = [e for e in batch.events if isinstance(e, ChunkV1)]
-    vectors = await _embed_or_retry_later(
-        embed, [embedding_text(c) for c in chunks], EmbedPriority.DOCUMENT
-    )
+    with batch.shared_span(STAGE, "batch of chunks"):
+        vectors = await _embed_or_retry_later(
+            embed, [embedding_text(c) for c in chunks], EmbedPriority.DOCUMENT
+        )
     await batch.dead_letter_invalid(broker, STAGE)
     vector_of = {c.event_id: v for c, v in zip(chunks, vectors, strict=True)}
     for event in batch.events:
@@ -102,9 +103,11 @@ async def embed_chunks(
             out = event.model_copy(
                 update={**derived_from(event, STAGE), "event_id": new_event_id()}
             )
-        await publish_event(embed.chunk_vectors, TOPICS.chunk_vectors, out, STAGE)
         details: dict[str, JsonValue] = {"batch_size": len(chunks), "model": EMBEDDING_MODEL}
-        await publish_lineage(broker, lineage_record(STAGE, event, "ok", started, [out], details))
+        with batch.span(event, STAGE):
+            await publish_event(embed.chunk_vectors, TOPICS.chunk_vectors, out, STAGE)
+            record = lineage_record(STAGE, event, "ok", started, [out], details)
+            await publish_lineage(broker, record)
 
 
 async def embed_queries(
@@ -114,7 +117,9 @@ async def embed_queries(
     started = utc_now()
     batch = validate_batch(message, TOPICS.queries_accepted)
     queries: list[AcceptedQueryV1] = batch.events
-    vectors = await _embed_or_retry_later(embed, [q.question for q in queries], EmbedPriority.QUERY)
+    with batch.shared_span(STAGE, "batch of queries"):
+        texts = [q.question for q in queries]
+        vectors = await _embed_or_retry_later(embed, texts, EmbedPriority.QUERY)
     await batch.dead_letter_invalid(broker, STAGE)
     for query, vector in zip(queries, vectors, strict=True):
         out = QueryVectorV1(
@@ -127,8 +132,9 @@ async def embed_queries(
             vector=VectorV1.encode(vector),
             embedding_model=EMBEDDING_MODEL,
         )
-        await publish_event(embed.query_vectors, TOPICS.query_vectors, out, STAGE)
-        await publish_lineage(broker, lineage_record(STAGE, query, "ok", started, [out]))
+        with batch.span(query, STAGE):
+            await publish_event(embed.query_vectors, TOPICS.query_vectors, out, STAGE)
+            await publish_lineage(broker, lineage_record(STAGE, query, "ok", started, [out]))
 
 
 def build_router(settings: EmbedSettings) -> tuple[KafkaRouter, Publisher, Publisher]:
@@ -136,20 +142,22 @@ def build_router(settings: EmbedSettings) -> tuple[KafkaRouter, Publisher, Publi
     router = KafkaRouter()
     chunk_vectors = router.publisher(TOPICS.chunk_vectors.name, title="chunk-vectors")
     query_vectors = router.publisher(TOPICS.query_vectors.name, title="query-vectors")
-    router.subscriber(
-        TOPICS.chunks.name,
-        batch=True,
+    subscribe_batches(
+        router,
+        STAGE,
+        TOPICS.chunks,
+        embed_chunks,
         max_records=settings.embed_batch_size,
-        batch_timeout_ms=settings.embed_batch_wait_ms,
-        **subscriber_options(STAGE, TOPICS.chunks),
-    )(embed_chunks)
-    router.subscriber(
-        TOPICS.queries_accepted.name,
-        batch=True,
+        wait_ms=settings.embed_batch_wait_ms,
+    )
+    subscribe_batches(
+        router,
+        STAGE,
+        TOPICS.queries_accepted,
+        embed_queries,
         max_records=settings.query_batch_size,
-        batch_timeout_ms=settings.query_batch_wait_ms,
-        **subscriber_options(STAGE, TOPICS.queries_accepted),
-    )(embed_queries)
+        wait_ms=settings.query_batch_wait_ms,
+    )
     return router, chunk_vectors, query_vectors
 
 

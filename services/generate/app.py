@@ -29,7 +29,7 @@ from services.generate.tiers import (
     labelled_sources,
 )
 from services.runtime.batches import validate_batch
-from services.runtime.broker import subscriber_options
+from services.runtime.broker import subscribe_batches
 from services.runtime.lineage import lineage_record, publish_lineage
 from services.runtime.publishing import Publisher, derived_from, publish_event
 from services.runtime.runstate import resolve_triton_url
@@ -141,20 +141,23 @@ async def generate_batch(
 ) -> None:
     """The batch's requests run concurrently, so Triton batches them on the model."""
     batch = validate_batch(message, TOPICS.generation_requests)
-    await asyncio.gather(*(generate_one(r, broker, generate) for r in batch.events))
+    await asyncio.gather(
+        *(batch.traced(r, STAGE, generate_one(r, broker, generate)) for r in batch.events)
+    )
     await batch.dead_letter_invalid(broker, STAGE)
 
 
 def build_router(settings: QuerySettings) -> tuple[KafkaRouter, Publisher]:
     router = KafkaRouter()
     generations = router.publisher(TOPICS.generations.name, title="generations")
-    router.subscriber(
-        TOPICS.generation_requests.name,
-        batch=True,
+    subscribe_batches(
+        router,
+        STAGE,
+        TOPICS.generation_requests,
+        generate_batch,
         max_records=settings.generate_batch_size,
-        batch_timeout_ms=settings.generate_batch_wait_ms,
-        **subscriber_options(STAGE, TOPICS.generation_requests),
-    )(generate_batch)
+        wait_ms=settings.generate_batch_wait_ms,
+    )
     return router, generations
 
 

@@ -29,7 +29,7 @@ from services.route.index import VectorIndex
 from services.route.planner import plan_generation
 from services.runtime.answers import latency_ms, refusal_answer
 from services.runtime.batches import validate_batch
-from services.runtime.broker import subscriber_options
+from services.runtime.broker import subscribe_batches
 from services.runtime.lineage import lineage_record, publish_lineage
 from services.runtime.publishing import Publisher, derived_from, publish_event
 from services.runtime.settings import RouteSettings
@@ -81,9 +81,9 @@ async def index_chunk_vectors(
                 "chunks": len(event.chunk_ids),
                 "deleted": event.deleted,
             }
-            await publish_lineage(
-                broker, lineage_record(STAGE, event, "ok", started, details=details)
-            )
+            record = lineage_record(STAGE, event, "ok", started, details=details)
+            with batch.span(event, STAGE):
+                await publish_lineage(broker, record)
 
 
 async def _answer_from_cache(
@@ -182,7 +182,8 @@ async def route_queries(
 ) -> None:
     batch = validate_batch(message, TOPICS.query_vectors)
     for query in batch.events:
-        await route_query(query, broker, route)
+        with batch.span(query, STAGE):
+            await route_query(query, broker, route)
     await batch.dead_letter_invalid(broker, STAGE)
 
 
@@ -213,27 +214,16 @@ def build_router(settings: RouteSettings) -> tuple[KafkaRouter, Publisher, Publi
         TOPICS.generation_requests.name, title="generation-requests"
     )
     answers = router.publisher(TOPICS.answers.name, title="answers")
-    router.subscriber(
-        TOPICS.chunk_vectors.name,
-        batch=True,
+    subscribe_batches(
+        router,
+        STAGE,
+        TOPICS.chunk_vectors,
+        index_chunk_vectors,
         max_records=settings.index_batch_size,
-        batch_timeout_ms=settings.index_batch_wait_ms,
-        **subscriber_options(STAGE, TOPICS.chunk_vectors),
-    )(index_chunk_vectors)
-    router.subscriber(
-        TOPICS.query_vectors.name,
-        batch=True,
-        max_records=16,
-        batch_timeout_ms=5,
-        **subscriber_options(STAGE, TOPICS.query_vectors),
-    )(route_queries)
-    router.subscriber(
-        TOPICS.answers.name,
-        batch=True,
-        max_records=64,
-        batch_timeout_ms=20,
-        **subscriber_options(STAGE, TOPICS.answers),
-    )(cache_answers)
+        wait_ms=settings.index_batch_wait_ms,
+    )
+    subscribe_batches(router, STAGE, TOPICS.query_vectors, route_queries, max_records=16, wait_ms=5)
+    subscribe_batches(router, STAGE, TOPICS.answers, cache_answers, max_records=64, wait_ms=20)
     router.subscriber(
         TOPICS.generations.name,
         batch=True,

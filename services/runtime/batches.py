@@ -2,22 +2,53 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
 
 from aiokafka import ConsumerRecord
 from faststream.message import StreamMessage
+from opentelemetry.context import Context
+from opentelemetry.trace import Span
 from pydantic import ValidationError
 
 from contracts.registry import TopicSpec
 from services.runtime.dead_letters import classify, dead_letter_for, publish_dead_letter
+from services.runtime.tracing import event_span, shared_span, trace_context_of
+
+T = TypeVar("T")
 
 
 class BatchValidation:
-    """The valid events of a batch, in order, and the records to dead-letter."""
+    """The valid events of a batch, in order, and the records to dead-letter.
 
-    def __init__(self) -> None:
+    >>> batch = validate_batch(message, TOPICS.query_vectors)  # doctest: +SKIP
+    >>> for query in batch.events:
+    ...     with batch.span(query, "route"):  # in the trace the query came with
+    ...         await route_query(query, broker, route)
+    """
+
+    def __init__(self, spec: TopicSpec | None = None) -> None:
+        self.spec = spec
         self.events: list[Any] = []
         self.invalid: list[tuple[ConsumerRecord[Any, Any], BaseException]] = []
+        #: The trace context each event's record carried, by event id.
+        self.trace_contexts: dict[str, Context] = {}
+
+    def span(self, event: Any, stage: str) -> AbstractContextManager[Span]:
+        """Trace `event`'s own work (and what it publishes) in the trace it came with."""
+        topic = self.spec.short_name if self.spec else "event"
+        parent = self.trace_contexts.get(getattr(event, "event_id", ""))
+        return event_span(f"{stage} {topic}", stage, event, parent)
+
+    async def traced(self, event: Any, stage: str, work: Awaitable[T]) -> T:
+        """Await `work` (an event's handling, gathered with others') in `span(event, stage)`."""
+        with self.span(event, stage):
+            return await work
+
+    def shared_span(self, stage: str, what: str) -> AbstractContextManager[Span]:
+        """Trace work the batch's events share (one model call for all of them)."""
+        return shared_span(f"{stage} {what}", stage, list(self.trace_contexts.values()))
 
     async def dead_letter_invalid(self, broker: Any, stage: str) -> None:
         for record, error in self.invalid:
@@ -27,13 +58,17 @@ class BatchValidation:
 
 def validate_batch(message: StreamMessage[Any], spec: TopicSpec) -> BatchValidation:
     """Decode each record of a batch message with `spec`'s contract."""
-    records = (
-        message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
-    )
-    result = BatchValidation()
+    batched = isinstance(message.raw_message, (tuple, list))  # a list in TestKafkaBroker
+    records = message.raw_message if batched else (message.raw_message,)
+    result = BatchValidation(spec)
     for record in records:
         try:
-            result.events.append(spec.adapter.validate_json(record.value or b""))
+            event = spec.adapter.validate_json(record.value or b"")
         except (ValidationError, ValueError, RecursionError) as exc:
             result.invalid.append((record, exc))
+            continue
+        result.events.append(event)
+        # A single record's consumer span is already in its trace; a batch's is not.
+        if batched and (context := trace_context_of(record.headers)) is not None:
+            result.trace_contexts[event.event_id] = context
     return result

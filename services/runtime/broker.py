@@ -1,12 +1,14 @@
-"""The broker factory: every stage's KafkaBroker, with dead letters and strict JSON."""
+"""The broker factory: every stage's KafkaBroker, with tracing, dead letters and strict JSON."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faststream import AckPolicy
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaBroker, KafkaRouter
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 
 from contracts.registry import TopicSpec
 from services.runtime.dead_letters import DeadLetterMiddleware
@@ -21,7 +23,11 @@ def make_broker(settings: RuntimeSettings, stage: str, **kwargs: Any) -> KafkaBr
     return KafkaBroker(
         resolve_bootstrap(settings),
         client_id=f"ragstream-{stage}",
-        middlewares=[DeadLetterMiddleware.for_stage(stage, attempts=settings.handler_attempts)],
+        # The first is outermost: the consumer span covers the retries and the dead letter.
+        middlewares=[
+            KafkaTelemetryMiddleware(),
+            DeadLetterMiddleware.for_stage(stage, attempts=settings.handler_attempts),
+        ],
         decoder=strict_json_decoder,
         logger=logging.getLogger(f"ragstream.{stage}"),
         # A dead letter carries its original base64-encoded (4/3 larger) plus its metadata.
@@ -43,3 +49,24 @@ def subscriber_options(stage: str, spec: TopicSpec) -> dict[str, Any]:
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "auto_offset_reset": "earliest",
     }
+
+
+def subscribe_batches(
+    router: KafkaRouter,
+    stage: str,
+    spec: TopicSpec,
+    handler: Callable[..., Awaitable[None]],
+    *,
+    max_records: int,
+    wait_ms: int,
+) -> None:
+    """Register `handler` for batches of up to `max_records` records of `spec`'s topic
+    (waiting at most `wait_ms` to fill one), in the stage's consumer group, at least once."""
+    router.subscriber(
+        spec.name,
+        batch=True,
+        max_records=max_records,
+        batch_timeout_ms=wait_ms,
+        title=f"{stage}:{spec.short_name}",
+        **subscriber_options(stage, spec),
+    )(handler)

@@ -21,6 +21,7 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from faststream import BaseMiddleware
 from faststream.exceptions import HandlerException, StopConsume
 from faststream.message import StreamMessage
+from opentelemetry import trace
 from pydantic import ValidationError
 from tenacity import (
     AsyncRetrying,
@@ -200,6 +201,7 @@ class DeadLetterMiddleware(BaseMiddleware):
 
     async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
         self._tries = 0
+        self._span = trace.get_current_span()  # the consumer's: its dead letter is in its trace
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait_exponential(min=self.retry_wait_s, max=5),
@@ -229,11 +231,13 @@ class DeadLetterMiddleware(BaseMiddleware):
             return False
         broker = self.context.get("broker")
         tries = getattr(self, "_tries", 1) or 1
+        span = getattr(self, "_span", trace.INVALID_SPAN)
         for record in records:
             kind, reason = classify(record.value, exc_val)
             if kind == "handler_error":
                 logger.error("stage %s failed on an event", self.stage, exc_info=exc_val)
-            await publish_dead_letter(
-                broker, dead_letter_for(record, self.stage, kind, reason, tries)
-            )
+            with trace.use_span(span, end_on_exit=False):
+                await publish_dead_letter(
+                    broker, dead_letter_for(record, self.stage, kind, reason, tries)
+                )
         return True

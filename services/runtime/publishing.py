@@ -14,7 +14,12 @@ from services import __version__
 
 class Publisher(Protocol):
     async def publish(
-        self, message: Any, *, key: bytes | None = ..., headers: Any = ...
+        self,
+        message: Any,
+        *,
+        key: bytes | None = ...,
+        headers: Any = ...,
+        correlation_id: str | None = ...,
     ) -> Any: ...
 
 
@@ -52,11 +57,15 @@ def event_bytes(event: Envelope) -> bytes:
 
 
 async def publish_event(publisher: Publisher, spec: TopicSpec, event: Envelope, stage: str) -> None:
-    """Publish `event` on its topic, keyed per the registry, and wait for the broker's ack."""
+    """Publish `event` on its topic, keyed per the registry, and wait for the broker's ack.
+
+    FastStream's correlation id is the event's, so every hop's messaging spans carry it
+    (`messaging.message.conversation_id`); the broker's telemetry adds the trace context."""
     await publisher.publish(
         event_bytes(event),
         key=spec.key_bytes(event),
         headers=event_headers(spec, event, stage),
+        correlation_id=event.correlation_id,
     )
 
 
@@ -65,6 +74,6 @@ async def strict_json_decoder(message: StreamMessage[Any], original_decoder: Any
 
     A batch is handed over as its raw values: a batch handler validates each record itself
     (`services.runtime.batches.valid_events`), so one bad record never fails the others."""
-    if isinstance(message.raw_message, tuple):
+    if isinstance(message.raw_message, (tuple, list)):
         return [record.value for record in message.raw_message]
     return json.loads(message.body.decode("utf-8", errors="strict"))

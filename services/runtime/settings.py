@@ -35,6 +35,12 @@ class RuntimeSettings(BaseSettings):
         default=3, ge=1, le=10, description="Tries per event before it goes to the DLQ."
     )
     log_level: str = Field(default="INFO")
+    otlp_endpoint: str = Field(
+        default="",
+        validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT",
+        description="OpenTelemetry's variable: send traces there over OTLP/HTTP instead of "
+        "to <data dir>/traces/.",
+    )
     ready_dir: Path | None = Field(
         default=None, description="Set by `ragstream up`: a started stage marks itself ready here."
     )

@@ -16,9 +16,12 @@ from services.runtime.broker import make_broker
 from services.runtime.kafka_admin import ensure_topics, wait_for_broker
 from services.runtime.runstate import resolve_bootstrap
 from services.runtime.settings import RuntimeSettings
+from services.runtime.tracing import traced_process
 
 #: Stages built so far, in pipeline order. `ragstream up` runs each of them.
-STAGES: tuple[str, ...] = ("ingest", "chunk", "embed", "route", "generate", "validate")
+STAGES: tuple[str, ...] = (
+    "ingest", "chunk", "embed", "route", "generate", "validate", "audit"
+)  # fmt: skip
 
 #: Stages that call Triton: `ragstream up` starts it for them.
 NEEDS_TRITON = {"embed", "generate"}
@@ -34,6 +37,7 @@ STAGE_INPUTS: dict[str, tuple[TopicSpec, ...]] = {
     "route": (TOPICS.chunk_vectors, TOPICS.query_vectors, TOPICS.answers),
     "generate": (TOPICS.generation_requests,),
     "validate": (TOPICS.generations,),
+    "audit": (TOPICS.audit, TOPICS.answers),
 }
 
 
@@ -69,8 +73,9 @@ def stage_app(
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
-        async with resources() as context, prepare_stage(broker, settings, **context):
-            yield
+        with traced_process(stage, settings):
+            async with resources() as context, prepare_stage(broker, settings, **context):
+                yield
 
     return FastStream(broker, lifespan=lifespan)
 

@@ -18,7 +18,7 @@ from contracts.v1 import AnswerV1, CitationV1, Envelope, GenerationRequestV1, Ge
 from contracts.v1.envelope import utc_now
 from services.runtime.answers import latency_ms, refusal_answer
 from services.runtime.batches import validate_batch
-from services.runtime.broker import subscriber_options
+from services.runtime.broker import subscribe_batches
 from services.runtime.lineage import lineage_record, publish_lineage
 from services.runtime.publishing import Publisher, derived_from, publish_event
 from services.runtime.settings import QuerySettings
@@ -171,7 +171,8 @@ async def validate_batch_of_generations(
 ) -> None:
     batch = validate_batch(message, TOPICS.generations)
     for generation in batch.events:
-        await validate_one(generation, broker, validate)
+        with batch.span(generation, STAGE):
+            await validate_one(generation, broker, validate)
     await batch.dead_letter_invalid(broker, STAGE)
 
 
@@ -181,13 +182,9 @@ def build_router(settings: QuerySettings) -> tuple[KafkaRouter, Publisher, Publi
     generation_requests = router.publisher(
         TOPICS.generation_requests.name, title="generation-requests"
     )
-    router.subscriber(
-        TOPICS.generations.name,
-        batch=True,
-        max_records=32,
-        batch_timeout_ms=10,
-        **subscriber_options(STAGE, TOPICS.generations),
-    )(validate_batch_of_generations)
+    subscribe_batches(
+        router, STAGE, TOPICS.generations, validate_batch_of_generations, max_records=32, wait_ms=10
+    )
     return router, answers, generation_requests
 
 

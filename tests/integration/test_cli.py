@@ -17,10 +17,12 @@ from confluent_kafka import Consumer, TopicPartition
 
 from contracts.registry import TOPICS
 from services.runtime.runstate import pid_alive
+from services.runtime.stage import STAGES
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "examples" / "corpus"
+QUESTIONS = REPO / "examples" / "questions.jsonl"
 
 
 def ragstream(
@@ -93,7 +95,7 @@ def test_up_status_ingest_wait_and_chunks_on_the_topic(running: tuple[dict[str, 
     status = json.loads(ragstream(env, "status", "--json").stdout)
     assert status["ready"] is True
     assert all(stage["pids"] for stage in status["stages"].values())
-    assert set(status["stages"]) == {"ingest", "chunk", "embed", "route"}
+    assert set(status["stages"]) == set(STAGES)
     assert status["triton"]["models_ready"] == {"embedder": True, "generator": True}
 
     result = ragstream(env, "ingest", str(CORPUS), "--tenant", "demo", "--wait", "--json")
@@ -117,6 +119,31 @@ def test_up_status_ingest_wait_and_chunks_on_the_topic(running: tuple[dict[str, 
         ragstream(env, "ingest", str(CORPUS), "--tenant", "demo", "--wait", "--json").stdout
     )
     assert again["counts"] == {"unchanged": len(files)}
+
+
+def test_ask_prints_a_cited_answer_and_eval_meets_its_thresholds(
+    running: tuple[dict[str, str], Any],
+) -> None:
+    env, _ = running
+    assert ragstream(env, "ingest", str(CORPUS), "--tenant", "asker", "--wait").returncode == 0
+    question = "How many days of paid vacation does a full-time employee receive?"
+    result = ragstream(env, "ask", question, "--tenant", "asker", "--json", "--timeout", "120")
+    assert result.returncode == 0, result.stdout + result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["request_id"] and answer["refusal"] is None
+    assert "25 days" in answer["answer"]
+    assert {c["doc_id"] for c in answer["citations"]} == {"handbook/leave.md"}
+    assert answer["citations"][0]["title"] == "Leave and time off"
+    assert answer["tier"] in {"extractive", "small"} and answer["cache_hit"] == "none"
+    assert answer["latency_ms"] > 0
+
+    shown = ragstream(env, "ask", question, "--tenant", "asker")
+    assert shown.returncode == 0 and "25 days" in shown.stdout and "exact" in shown.stdout
+
+    evaluated = ragstream(env, "eval", str(QUESTIONS), "--tenant", "asker", "--json", timeout=900)
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["passed"] is True and report["threshold_failures"] == [], report
 
 
 def test_a_rejected_document_is_listed_and_replayed_from_the_dlq(
@@ -160,4 +187,18 @@ def test_ctrl_c_stops_everything_cleanly(
     while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(pid_alive(pid) for pid in pids)
+    assert json.loads(ragstream(env, "status", "--json").stdout)["ready"] is False
+
+
+def test_demo_runs_the_whole_job_and_passes(
+    running: tuple[dict[str, str], subprocess.Popen[str]],
+) -> None:
+    env, up = running
+    if up.poll() is None:  # the demo starts its own pipeline in the same data dir
+        up.send_signal(signal.SIGINT)
+        up.wait(timeout=60)
+    result = ragstream(env, "demo", timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "25 days" in result.stdout and "demo passed" in result.stdout
+    assert "handbook/leave.md" in result.stdout
     assert json.loads(ragstream(env, "status", "--json").stdout)["ready"] is False

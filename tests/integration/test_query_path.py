@@ -14,7 +14,7 @@ from rich.console import Console
 from contracts.registry import TOPICS
 from contracts.v1 import AnswerV1, LineageRecordV1, QueryOptionsV1
 from services.cli.ask_cmd import AskResult, ask_questions
-from services.cli.eval_cmd import check_thresholds, evaluate, load_questions, load_thresholds
+from services.cli.evaluation import check_thresholds, evaluate, load_questions, load_thresholds
 from services.cli.ingest_cmd import ingest_paths
 from services.runtime.topic_reader import read_topic
 from tests.integration.conftest import (

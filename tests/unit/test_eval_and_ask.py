@@ -12,11 +12,11 @@ import pytest
 from contracts.v1 import AnswerV1, CitationV1, DocumentUpsertV1, ProducedBy, RefusalV1
 from services.cli import ask_cmd, eval_cmd
 from services.cli.ask_cmd import AskResult, answer_json, ask_command, query_event, render_answer
-from services.cli.eval_cmd import (
+from services.cli.eval_cmd import eval_command
+from services.cli.evaluation import (
     EvalInputError,
     QuestionSpec,
     check_thresholds,
-    eval_command,
     evaluate,
     load_questions,
     load_thresholds,
