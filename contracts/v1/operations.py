@@ -94,3 +94,17 @@ class AlertV1(Envelope):
     value: float
     threshold: float
     window_start: datetime | None = None
+    subject: str | None = Field(
+        default=None,
+        max_length=128,
+        description="What crossed the threshold: the tenant of a budget alert, the tier of a "
+        "model alert.",
+        examples=["small"],
+    )
+    alert_key: str | None = Field(
+        default=None,
+        max_length=256,
+        description="The same in every copy of one crossing's alert (a publisher restarted or "
+        "running twice): consumers deduplicate on it.",
+        examples=["budget_share:acme:2026-11-23"],
+    )

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from contracts.registry import TOPICS
 from services.runtime.broker import consumer_group
+from services.runtime.health import stage_endpoints
 from services.runtime.kafka_admin import broker_answers
 from services.runtime.runstate import pid_alive, read_state, resolve_bootstrap
 from services.runtime.settings import RuntimeSettings
@@ -87,7 +88,8 @@ def collect_status(settings: RuntimeSettings) -> dict[str, Any]:
                     "lag": lag,
                     "consumer_group": consumer_group(stage, spec),
                 }
-        stages[stage] = {"pids": pids, "ready": ready, "topics": topics}
+        urls = [e["metrics_url"] for e in stage_endpoints(settings.data_dir, stage)]
+        stages[stage] = {"pids": pids, "ready": ready, "topics": topics, "metrics_urls": urls}
     dlq_ends = asyncio.run(high_watermarks(bootstrap, TOPICS.dlq.name)) if broker_ok else None
     dlq_count = sum(dlq_ends.values()) if dlq_ends is not None else None
     triton = triton_status(state, settings)

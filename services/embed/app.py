@@ -30,6 +30,7 @@ from inference.client import EmbedPriority, TritonClient
 from inference.exceptions import InferenceUnavailableError
 from services.runtime.batches import validate_batch
 from services.runtime.broker import subscribe_batches
+from services.runtime.health import READINESS, triton_check
 from services.runtime.lineage import lineage_record, publish_lineage
 from services.runtime.publishing import Publisher, derived_from, publish_event
 from services.runtime.runstate import resolve_triton_url
@@ -171,8 +172,10 @@ def create_app(settings: EmbedSettings | None = None) -> FastStream:
             resolve_triton_url(settings), embed_batch_size=settings.embed_batch_size
         )
         await client.warm_up()
+        embed = EmbedResources(settings, client, chunk_vectors, query_vectors)
+        checks = {"triton": triton_check(client, [client.embedder_model])}
         try:
-            yield {"embed": EmbedResources(settings, client, chunk_vectors, query_vectors)}
+            yield {"embed": embed, READINESS: checks}
         finally:
             await client.close()
 

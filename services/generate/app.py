@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from contracts.v1 import GenerationRequestV1, GenerationV1
 from contracts.v1.envelope import utc_now
 from inference.client import TritonClient
 from inference.prompts import PromptNotFoundError, PromptTemplate, load_prompt
+from services.generate.tier_health import TierHealth, model_alert
 from services.generate.tiers import (
     TierRunner,
     TierUnavailableError,
@@ -30,7 +32,9 @@ from services.generate.tiers import (
 )
 from services.runtime.batches import validate_batch
 from services.runtime.broker import subscribe_batches
+from services.runtime.health import READINESS, triton_check
 from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.metrics import alert_active, alert_raised, generation_charged, model_called
 from services.runtime.publishing import Publisher, derived_from, publish_event
 from services.runtime.runstate import resolve_triton_url
 from services.runtime.settings import QuerySettings
@@ -49,6 +53,8 @@ class GenerateResources:
     settings: QuerySettings
     runners: dict[str, TierRunner]
     generations: Publisher
+    alerts: Publisher
+    health: TierHealth
 
 
 Generate = Annotated[GenerateResources, Context("generate")]
@@ -81,12 +87,16 @@ async def generate_one(
             request if position == 0 else request.model_copy(update={"attempt": 0, "feedback": []})
         )
         messages = prompt.render(attempt.question, labelled_sources(attempt), attempt.feedback)
+        called = time.perf_counter()
         try:
             output = await runner.run(attempt, messages)
         except TierUnavailableError as error:
             logger.warning("tier %s unavailable for %s: %s", name, request.request_id, error)
             skipped.append(str(error))
+            await observe_tier_call(generate, request, runner, False, _ms_since(called))
             continue
+        await observe_tier_call(generate, request, runner, True, output.latency_ms)
+        cost_usd = runner.spec.cost_usd(output.input_tokens, output.output_tokens)
         generation = GenerationV1(
             **derived_from(request, STAGE),
             request_id=request.request_id,
@@ -111,6 +121,9 @@ async def generate_one(
             fallback_reason="; ".join(skipped)[:512],
         )
         await publish_event(generate.generations, TOPICS.generations, generation, STAGE)
+        generation_charged(
+            request.tenant_id, name, output.input_tokens, output.output_tokens, cost_usd
+        )
         details: dict[str, JsonValue] = {
             "tier": name,
             "requested_tier": request.tier,
@@ -122,7 +135,7 @@ async def generate_one(
             "model_version": output.model_version,
             "input_tokens": output.input_tokens,
             "output_tokens": output.output_tokens,
-            "cost_usd": runner.spec.cost_usd(output.input_tokens, output.output_tokens),
+            "cost_usd": cost_usd,
             "model_latency_ms": round(output.latency_ms, 2),
             "attempt": attempt.attempt,
         }
@@ -136,6 +149,34 @@ async def generate_one(
     )
 
 
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+async def observe_tier_call(
+    generate: GenerateResources,
+    request: GenerationRequestV1,
+    runner: TierRunner,
+    ok: bool,
+    latency_ms: float,
+) -> None:
+    """Count a tier's call; alert when it takes the tier's error rate or p99 over a threshold."""
+    tier, model = runner.spec.name, runner.spec.model or runner.spec.kind
+    model_called(tier, model, latency_ms, ok)
+    for crossing in generate.health.observe(tier, ok, latency_ms, utc_now()):
+        alert_active(crossing.kind, tier, not crossing.recovered)
+        if crossing.recovered:
+            logger.info("tier %s recovered: %s %.4g", tier, crossing.kind, crossing.value)
+            continue
+        alert = model_alert(crossing, model, request, STAGE)
+        try:
+            await publish_event(generate.alerts, TOPICS.alerts, alert, STAGE)
+        except Exception:  # an alert never fails the request it was noticed in
+            logger.exception("could not publish the model alert %s", crossing.alert_key)
+            continue
+        alert_raised(STAGE, crossing.kind, tier)
+
+
 async def generate_batch(
     values: list[bytes], message: KafkaMessage, broker: KafkaBroker, generate: Generate
 ) -> None:
@@ -147,9 +188,10 @@ async def generate_batch(
     await batch.dead_letter_invalid(broker, STAGE)
 
 
-def build_router(settings: QuerySettings) -> tuple[KafkaRouter, Publisher]:
+def build_router(settings: QuerySettings) -> tuple[KafkaRouter, Publisher, Publisher]:
     router = KafkaRouter()
     generations = router.publisher(TOPICS.generations.name, title="generations")
+    alerts = router.publisher(TOPICS.alerts.name, title="alerts")
     subscribe_batches(
         router,
         STAGE,
@@ -158,12 +200,13 @@ def build_router(settings: QuerySettings) -> tuple[KafkaRouter, Publisher]:
         max_records=settings.generate_batch_size,
         wait_ms=settings.generate_batch_wait_ms,
     )
-    return router, generations
+    return router, generations, alerts
 
 
 def create_app(settings: QuerySettings | None = None) -> FastStream:
     settings = settings or QuerySettings()
-    router, generations = build_router(settings)
+    router, generations, alerts = build_router(settings)
+    triton_models = sorted({t.model for t in settings.tiers if t.kind == "triton" and t.model})
 
     @asynccontextmanager
     async def resources() -> AsyncIterator[dict[str, Any]]:
@@ -173,8 +216,15 @@ def create_app(settings: QuerySettings | None = None) -> FastStream:
             spec.name: build_runner(spec, client, settings.max_answer_chars)
             for spec in settings.tiers
         }
+        health = TierHealth(
+            settings.model_alert_window,
+            error_rate_alert=settings.model_error_rate_alert,
+            p99_alert_ms=settings.model_p99_alert_ms,
+        )
+        generate = GenerateResources(settings, runners, generations, alerts, health)
+        checks = {"triton": triton_check(client, triton_models)} if triton_models else {}
         try:
-            yield {"generate": GenerateResources(settings, runners, generations)}
+            yield {"generate": generate, READINESS: checks}
         finally:
             await client.close()
 

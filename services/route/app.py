@@ -3,6 +3,7 @@ generation request with their tier, context and budget."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from contracts.v1 import (
     QueryVectorV1,
 )
 from contracts.v1.envelope import utc_now
+from services.route.alerts import BudgetAlerts, budget_alert, read_alerted_keys
 from services.route.budget import SpendLedger
 from services.route.cache import AnswerCache, CacheHit
 from services.route.index import VectorIndex
@@ -30,12 +32,16 @@ from services.route.planner import plan_generation
 from services.runtime.answers import latency_ms, refusal_answer
 from services.runtime.batches import validate_batch
 from services.runtime.broker import subscribe_batches
+from services.runtime.health import READINESS
 from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.metrics import alert_raised, cache_decided
 from services.runtime.publishing import Publisher, derived_from, publish_event
+from services.runtime.runstate import resolve_bootstrap
 from services.runtime.settings import RouteSettings
 from services.runtime.stage import stage_app
 
 STAGE = "route"
+logger = logging.getLogger("ragstream.route")
 
 
 @dataclass
@@ -44,8 +50,10 @@ class RouteResources:
     index: VectorIndex
     cache: AnswerCache
     ledger: SpendLedger
+    budget_alerts: BudgetAlerts
     generation_requests: Publisher
     answers: Publisher
+    alerts: Publisher
 
 
 Route = Annotated[RouteResources, Context("route")]
@@ -121,6 +129,7 @@ async def route_query(query: QueryVectorV1, broker: KafkaBroker, route: RouteRes
     if hit is not None and query.options.tier and hit.answer.tier != query.options.tier:
         details["cache_skipped"] = f"cached answer is from tier {hit.answer.tier}"
         hit = None  # the question asks for another tier than the one that answered before
+    cache_decided(hit.kind if hit is not None else "miss")
     if hit is not None:
         answer = await _answer_from_cache(query, hit, route)
         details |= {
@@ -206,14 +215,34 @@ async def charge_generations(values: list[bytes], message: KafkaMessage, route: 
     for generation in batch.events:
         assert isinstance(generation, GenerationV1)
         route.ledger.record(generation)
+        await alert_on_budget(generation, route)
 
 
-def build_router(settings: RouteSettings) -> tuple[KafkaRouter, Publisher, Publisher]:
+async def alert_on_budget(generation: GenerationV1, route: RouteResources) -> None:
+    """An alert when this generation took its tenant's day over the alert share (once)."""
+    tenant, day = generation.tenant_id, generation.produced_at.date()
+    spent = route.ledger.spent.get((tenant, day), 0)
+    _, daily_cap = route.settings.budget_of(tenant)
+    crossing = route.budget_alerts.check(tenant, day, spent, daily_cap, utc_now().date())
+    if crossing is None:
+        return
+    alert = budget_alert(crossing, generation, STAGE)
+    try:
+        await publish_event(route.alerts, TOPICS.alerts, alert, STAGE)
+    except Exception:  # the ledger must go on; the tenant's next generation tries again
+        logger.exception("could not publish the budget alert %s", crossing.alert_key)
+        return
+    route.budget_alerts.remember(crossing.alert_key)
+    alert_raised(STAGE, alert.kind, tenant)
+
+
+def build_router(settings: RouteSettings) -> tuple[KafkaRouter, Publisher, Publisher, Publisher]:
     router = KafkaRouter()
     generation_requests = router.publisher(
         TOPICS.generation_requests.name, title="generation-requests"
     )
     answers = router.publisher(TOPICS.answers.name, title="answers")
+    alerts = router.publisher(TOPICS.alerts.name, title="alerts")
     subscribe_batches(
         router,
         STAGE,
@@ -233,7 +262,7 @@ def build_router(settings: RouteSettings) -> tuple[KafkaRouter, Publisher, Publi
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
     )(charge_generations)
-    return router, generation_requests, answers
+    return router, generation_requests, answers, alerts
 
 
 def open_index(settings: RouteSettings) -> VectorIndex:
@@ -245,7 +274,7 @@ def open_index(settings: RouteSettings) -> VectorIndex:
 
 def create_app(settings: RouteSettings | None = None) -> FastStream:
     settings = settings or RouteSettings()
-    router, generation_requests, answers = build_router(settings)
+    router, generation_requests, answers, alerts = build_router(settings)
 
     @asynccontextmanager
     async def resources() -> AsyncIterator[dict[str, Any]]:
@@ -253,11 +282,18 @@ def create_app(settings: RouteSettings | None = None) -> FastStream:
         await index.warm_up()
         cache = AnswerCache(index.client, settings.cache_collection, settings.exact_cache_entries)
         await cache.warm_up()
-        resources = RouteResources(
-            settings, index, cache, SpendLedger(), generation_requests, answers
-        )
+        # Before the ledger is rebuilt from the generations topic: crossings already alerted.
+        alerted = await read_alerted_keys(resolve_bootstrap(settings))
+        budget_alerts = BudgetAlerts(settings.budget_alert_share, alerted)
+        ledger = SpendLedger()
+        publishers = (generation_requests, answers, alerts)
+        resources = RouteResources(settings, index, cache, ledger, budget_alerts, *publishers)
+
+        async def qdrant() -> bool:
+            return await index.client.collection_exists(settings.qdrant_collection)
+
         try:
-            yield {"route": resources}
+            yield {"route": resources, READINESS: {"qdrant": qdrant}}
         finally:
             await index.close()
 

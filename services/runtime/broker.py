@@ -1,4 +1,4 @@
-"""The broker factory: every stage's KafkaBroker, with tracing, dead letters and strict JSON."""
+"""The broker factory: a stage's KafkaBroker, with tracing, metrics, dead letters, strict JSON."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 
 from contracts.registry import TopicSpec
 from services.runtime.dead_letters import DeadLetterMiddleware
+from services.runtime.metrics import ConsumedEventsMiddleware, prometheus_middleware
 from services.runtime.publishing import strict_json_decoder
 from services.runtime.runstate import resolve_bootstrap
 from services.runtime.settings import RuntimeSettings
@@ -23,9 +24,12 @@ def make_broker(settings: RuntimeSettings, stage: str, **kwargs: Any) -> KafkaBr
     return KafkaBroker(
         resolve_bootstrap(settings),
         client_id=f"ragstream-{stage}",
-        # The first is outermost: the consumer span covers the retries and the dead letter.
+        # The first is outermost: the consumer span covers the retries and the dead letter;
+        # FastStream's metrics see each record once, however often it is retried.
         middlewares=[
             KafkaTelemetryMiddleware(),
+            prometheus_middleware(stage),
+            ConsumedEventsMiddleware.for_stage(stage),
             DeadLetterMiddleware.for_stage(stage, attempts=settings.handler_attempts),
         ],
         decoder=strict_json_decoder,

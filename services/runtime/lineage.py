@@ -12,6 +12,7 @@ from pydantic import JsonValue
 from contracts.registry import TOPICS
 from contracts.v1 import Envelope, LineageRecordV1
 from contracts.v1.envelope import utc_now
+from services.runtime.metrics import event_published
 from services.runtime.publishing import event_bytes, event_headers, produced_by
 
 logger = logging.getLogger("ragstream.lineage")
@@ -49,6 +50,7 @@ async def publish_lineage(broker: Any, record: LineageRecordV1) -> None:
             key=TOPICS.audit.key_bytes(record),
             headers=event_headers(TOPICS.audit, record, record.stage),
         )
+        event_published(record.stage, TOPICS.audit)
     except Exception:
         logger.exception(
             "could not publish lineage of %s for %s", record.stage, record.input_event_id

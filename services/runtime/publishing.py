@@ -10,6 +10,7 @@ from faststream.message import StreamMessage
 from contracts.registry import TopicSpec
 from contracts.v1 import Envelope, ProducedBy
 from services import __version__
+from services.runtime.metrics import event_published
 
 
 class Publisher(Protocol):
@@ -67,6 +68,7 @@ async def publish_event(publisher: Publisher, spec: TopicSpec, event: Envelope, 
         headers=event_headers(spec, event, stage),
         correlation_id=event.correlation_id,
     )
+    event_published(stage, spec)
 
 
 async def strict_json_decoder(message: StreamMessage[Any], original_decoder: Any = None) -> Any:

@@ -44,6 +44,16 @@ class RuntimeSettings(BaseSettings):
     ready_dir: Path | None = Field(
         default=None, description="Set by `ragstream up`: a started stage marks itself ready here."
     )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of a stage's /metrics, /healthz and /readyz; 0: a free port, written "
+        "to <data dir>/run/metrics/<stage>-<pid>.json (`ragstream status` shows it).",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address the metrics port listens on (0.0.0.0 in pods)."
+    )
 
 
 class IngestSettings(RuntimeSettings):
@@ -157,6 +167,18 @@ class QuerySettings(RuntimeSettings):
     banned_phrases: list[str] = Field(default_factory=lambda: ["as an ai language model"])
     generate_batch_size: int = Field(default=8, ge=1, le=64)
     generate_batch_wait_ms: int = Field(default=20, ge=0)
+    budget_alert_share: float = Field(
+        default=0.8, gt=0.0, le=1.0, description="Alert when a tenant spent this share of its day."
+    )
+    model_alert_window: int = Field(
+        default=50, ge=1, le=10_000, description="A tier's last calls its alerts look at."
+    )
+    model_error_rate_alert: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="Alert when this share of a tier's calls fail."
+    )
+    model_p99_alert_ms: float = Field(
+        default=60_000.0, gt=0.0, description="Alert when a tier's p99 latency reaches this."
+    )
 
     @model_validator(mode="after")
     def _tiers_are_usable(self) -> QuerySettings:

@@ -13,7 +13,8 @@ from faststream.kafka import KafkaBroker, KafkaRouter
 
 from contracts.registry import TOPICS, TopicSpec
 from services.runtime.broker import make_broker
-from services.runtime.kafka_admin import ensure_topics, wait_for_broker
+from services.runtime.health import READINESS, ReadinessCheck, serving_health
+from services.runtime.kafka_admin import broker_answers, ensure_topics, wait_for_broker
 from services.runtime.runstate import resolve_bootstrap
 from services.runtime.settings import RuntimeSettings
 from services.runtime.tracing import traced_process
@@ -63,19 +64,38 @@ async def prepare_stage(
 ResourceFactory = Callable[[], AbstractAsyncContextManager[dict[str, Any]]]
 
 
+def broker_checks(broker: KafkaBroker, settings: RuntimeSettings) -> dict[str, ReadinessCheck]:
+    """Readiness every stage shares: the broker answers, and the stage's consumers started."""
+    bootstrap = resolve_bootstrap(settings)
+
+    async def broker_answering() -> bool:
+        return await asyncio.to_thread(broker_answers, bootstrap, 1.0)
+
+    async def consuming() -> bool:
+        return broker.running
+
+    return {"broker": broker_answering, "consumers": consuming}
+
+
 def stage_app(
     stage: str, settings: RuntimeSettings, router: KafkaRouter, resources: ResourceFactory
 ) -> FastStream:
     """A stage's FastStream app: its broker and router, and a lifespan that opens the
-    stage's resources (clients, stores), hands them to handlers and closes them at the end."""
+    stage's resources (clients, stores), hands them to handlers and closes them at the end.
+
+    The stage's metrics and health port is up first (liveness while it starts); readiness
+    checks the broker, plus the checks the resources yield under `readiness`."""
     broker = make_broker(settings, stage)
     broker.include_router(router)
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
         with traced_process(stage, settings):
-            async with resources() as context, prepare_stage(broker, settings, **context):
-                yield
+            checks = broker_checks(broker, settings)
+            async with serving_health(stage, settings, checks) as health, resources() as context:
+                health.checks.update(context.pop(READINESS, {}))
+                async with prepare_stage(broker, settings, **context):
+                    yield
 
     return FastStream(broker, lifespan=lifespan)
 

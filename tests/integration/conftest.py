@@ -31,6 +31,9 @@ UPSTREAM = ProducedBy(service="upstream-test", version="1")
 #: A tenant whose daily token cap is tiny (set in the pipeline's environment).
 TINY_BUDGET_TENANT = f"tiny-budget-{uuid.uuid4().hex[:8]}"
 TINY_DAILY_TOKENS = 1500
+#: A tenant whose daily cap its test fills past the alert share (80%), for budget alerts.
+ALERT_BUDGET_TENANT = f"alert-budget-{uuid.uuid4().hex[:8]}"
+ALERT_DAILY_TOKENS = 3600
 _UNKNOWN_CHUNK = "00000000-0000-4000-8000-000000000000"
 #: Test tiers with fixed bad outputs (asked for by name), beside the real ones.
 TEST_TIERS = [
@@ -135,7 +138,8 @@ def pipeline(
         env={"RAGSTREAM_TENANT_BURST": "5000", "RAGSTREAM_TRITON_URL": triton_server.grpc_url,
              "RAGSTREAM_TRITON_RETRY_AFTER_S": "0.5", "RAGSTREAM_TIERS": json.dumps(TEST_TIERS),
              "RAGSTREAM_TENANT_BUDGETS": json.dumps(
-                 {TINY_BUDGET_TENANT: {"daily_tokens": TINY_DAILY_TOKENS}})},
+                 {TINY_BUDGET_TENANT: {"daily_tokens": TINY_DAILY_TOKENS},
+                  ALERT_BUDGET_TENANT: {"daily_tokens": ALERT_DAILY_TOKENS}})},
     )  # fmt: skip
     for stage in STAGES:
         stages.start(stage)
@@ -189,6 +193,8 @@ async def events_on(bootstrap: str, topic: Any, tenants: set[str]) -> list[Any]:
 
 
 __all__ = [
+    "ALERT_BUDGET_TENANT",
+    "ALERT_DAILY_TOKENS",
     "TINY_BUDGET_TENANT",
     "TINY_DAILY_TOKENS",
     "TOPICS",
