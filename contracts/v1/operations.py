@@ -32,6 +32,11 @@ class LineageRecordV1(Envelope):
         "refused …",
         examples=["ok"],
     )
+    queued_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the input event was produced: queued_at to started_at is the time "
+        "it waited on its topic.",
+    )
     started_at: AwareDatetime
     finished_at: AwareDatetime
     details: dict[str, JsonValue] = Field(default_factory=dict)

@@ -34,6 +34,7 @@ from contracts.registry import TOPICS
 from contracts.v1 import DeadLetterV1, KafkaHeaderV1
 from contracts.v1.envelope import SCHEMA_VERSION_PATTERN
 from contracts.v1.operations import DeadLetterKind
+from services.runtime.lineage import dead_letter_lineage, publish_lineage
 from services.runtime.metrics import dead_letter_published
 from services.runtime.publishing import produced_by
 
@@ -160,6 +161,7 @@ async def publish_dead_letter(broker: Any, letter: DeadLetterV1) -> None:
                 await _send_dead_letter(broker, letter)
     DEAD_LETTER_COUNTS[(letter.stage, letter.error_kind)] += 1
     dead_letter_published(letter.stage, letter.source_topic, letter.error_kind)
+    await publish_lineage(broker, dead_letter_lineage(letter))
     logger.warning(
         "dead-lettered %s[%d]@%d (%s): %s",
         letter.source_topic,

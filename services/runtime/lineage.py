@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from pydantic import JsonValue
+from pydantic import JsonValue, ValidationError
 
 from contracts.registry import TOPICS
-from contracts.v1 import Envelope, LineageRecordV1
+from contracts.v1 import DeadLetterV1, Envelope, LineageRecordV1
 from contracts.v1.envelope import utc_now
 from services.runtime.metrics import event_published
 from services.runtime.publishing import event_bytes, event_headers, produced_by
@@ -35,6 +35,7 @@ def lineage_record(
         input_event_id=event.event_id,
         output_event_ids=[out.event_id for out in outputs],
         outcome=outcome,
+        queued_at=event.produced_at,
         started_at=started_at,
         finished_at=utc_now(),
         details=dict(details or {}),
@@ -55,3 +56,35 @@ async def publish_lineage(broker: Any, record: LineageRecordV1) -> None:
         logger.exception(
             "could not publish lineage of %s for %s", record.stage, record.input_event_id
         )
+
+
+#: The tenant of a dead letter whose original could not be read far enough to name one.
+UNKNOWN_TENANT = "unknown"
+
+
+def dead_letter_lineage(letter: DeadLetterV1) -> LineageRecordV1:
+    """The lineage of a dead-lettered record: which stage gave up on it, why, and where the
+    letter is, under the original's correlation id when it could be read."""
+    now = utc_now()
+    fields: dict[str, Any] = {
+        "produced_by": produced_by(letter.stage),
+        "stage": letter.stage,
+        "output_event_ids": [letter.event_id],
+        "outcome": "dead_lettered",
+        "started_at": now,
+        "finished_at": now,
+        "details": {
+            "error_kind": letter.error_kind,
+            "reason": letter.reason[:1000],
+            "source": f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}",
+            "attempts": letter.attempts,
+        },
+    }
+    try:  # the tenant and correlation as read from the original, if they are valid ones
+        return LineageRecordV1(
+            tenant_id=letter.tenant_id or UNKNOWN_TENANT,
+            correlation_id=letter.correlation_id or letter.event_id,
+            **fields,
+        )
+    except ValidationError:
+        return LineageRecordV1(tenant_id=UNKNOWN_TENANT, correlation_id=letter.event_id, **fields)
