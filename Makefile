@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
+	@# Headless Chromium for the dashboard test (Debian's package; that test skips without it).
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y chromium || { $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }; \
+	} || echo "chromium not installed: tests/integration/test_dashboard.py will skip"
 
 run: install
 	$(BIN)/ragstream up

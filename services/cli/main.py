@@ -286,6 +286,41 @@ def demo(
     raise typer.Exit(run_demo(_settings(), out, timeout))
 
 
+@app.command()
+def replay(
+    request_id: Annotated[
+        str, typer.Argument(help="The request to re-run (request or correlation id).")
+    ],
+    timeout: Annotated[
+        float,
+        typer.Option(help="Seconds to wait for its answer, and as long again for its lineage."),
+    ] = 120.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-run a request from the audit store and diff the two lineages: "why did the answer
+    change".
+
+    Asks the stored question again for the same tenant, with a new request id and the
+    original's tier and prompt version; waits for the answer and its lineage in the audit
+    store; prints what differs: stages, cache decision, retrieved chunks and scores, tier,
+    prompt version, model, outcome, answer, citations, tokens, cost. An exact-cache answer is a
+    valid outcome.
+
+    Exit 0 when diffed, 2 when the answer or its lineage did not come in time, 1 when it cannot
+    be replayed (unknown request, no question stored, no broker). JSON fields: request_id,
+    replay_request_id, tenant_id, question, options, before, after, differences."""
+    from services.cli.replay_cmd import replay_command
+    from services.runtime.tracing import traced_process
+
+    bootstrap = _bootstrap()
+    settings = _settings()
+    with traced_process("cli", settings):
+        code = replay_command(
+            request_id, timeout, as_json, bootstrap, settings.data_dir, out=out, err=err
+        )
+    raise typer.Exit(code)
+
+
 @dlq_app.command("list")
 def dlq_list(
     stage: Annotated[str | None, typer.Option(help="Only this stage's dead letters.")] = None,
