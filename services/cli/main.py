@@ -14,6 +14,8 @@ from rich.live import Live
 from rich.table import Table
 
 from services.cli.audit_cmd import audit_app
+from services.cli.k8s_cmd import k8s_render
+from services.cli.topics_cmd import topics_app
 from services.runtime.settings import RuntimeSettings
 from services.runtime.stage import STAGES
 
@@ -32,6 +34,10 @@ contracts_app = typer.Typer(
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(audit_app, name="audit")
+k8s_app = typer.Typer(help="Kubernetes manifests generated from the topic registry.")
+k8s_app.command("render")(k8s_render)
+app.add_typer(k8s_app, name="k8s")
+app.add_typer(topics_app, name="topics")
 
 out = Console()
 err = Console(stderr=True)

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import JsonValue, ValidationError
+from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
 from contracts.registry import TOPICS
 from contracts.v1 import DeadLetterV1, Envelope, LineageRecordV1
@@ -42,19 +43,36 @@ def lineage_record(
     )
 
 
+#: Tries for one lineage record before it is given up (logged and counted), so that a broker
+#: hiccup costs a moment, and a broker that is gone cannot stall the pipeline on its audit.
+LINEAGE_ATTEMPTS = 4
+LINEAGE_LOST: dict[str, int] = {}
+
+
 async def publish_lineage(broker: Any, record: LineageRecordV1) -> None:
-    """Publish a lineage record; a failure is logged, never raised into the main path."""
+    """Publish a lineage record, retried with backoff; a failure after the last try is logged
+    and counted (`LINEAGE_LOST`), never raised into the main path."""
     try:
-        await broker.publish(
-            event_bytes(record),
-            topic=TOPICS.audit.name,
-            key=TOPICS.audit.key_bytes(record),
-            headers=event_headers(TOPICS.audit, record, record.stage),
-        )
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(LINEAGE_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            reraise=True,
+        ):
+            with attempt:
+                await broker.publish(
+                    event_bytes(record),
+                    topic=TOPICS.audit.name,
+                    key=TOPICS.audit.key_bytes(record),
+                    headers=event_headers(TOPICS.audit, record, record.stage),
+                )
         event_published(record.stage, TOPICS.audit)
     except Exception:
+        LINEAGE_LOST[record.stage] = LINEAGE_LOST.get(record.stage, 0) + 1
         logger.exception(
-            "could not publish lineage of %s for %s", record.stage, record.input_event_id
+            "lineage of %s for %s lost after %d tries",
+            record.stage,
+            record.input_event_id,
+            LINEAGE_ATTEMPTS,
         )
 
 

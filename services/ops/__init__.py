@@ -1,0 +1,1 @@
+"""Operations: manifests generated from the topic registry and the stage table."""
