@@ -174,10 +174,11 @@ class TritonClient:
         return np.concatenate(vectors, axis=0)
 
     async def generate(
-        self, request: GenerationRequest, model: str | None = None
+        self, request: GenerationRequest, model: str | None = None, model_version: str = ""
     ) -> GenerationResult:
-        """Generate one completion with `model` (default: the client's generator); with
-        `json_schema`, the text is JSON valid against it."""
+        """Generate one completion with `model` (default: the client's generator) at
+        `model_version` (default: the version Triton's policy serves); with `json_schema`,
+        the text is JSON valid against it."""
         client = self._require()
         messages = json.dumps([m.model_dump() for m in request.messages])
         schema = json.dumps(request.json_schema) if request.json_schema is not None else ""
@@ -196,7 +197,9 @@ class TritonClient:
         model = model or self.generator_model
 
         async def infer() -> Any:
-            return await client.infer(model, inputs, client_timeout=self.generate_timeout_s)
+            return await client.infer(
+                model, inputs, model_version=model_version, client_timeout=self.generate_timeout_s
+            )
 
         with self._model_span("chat", model) as span:
             span.set_attribute("gen_ai.request.max_tokens", request.max_new_tokens)

@@ -25,9 +25,10 @@ from inference.client import TritonClient
 from inference.prompts import PromptNotFoundError, PromptTemplate, load_prompt
 from services.generate.tier_health import TierHealth, model_alert
 from services.generate.tiers import (
+    TierArms,
     TierRunner,
     TierUnavailableError,
-    build_runner,
+    build_arms,
     labelled_sources,
 )
 from services.runtime.batches import validate_batch
@@ -51,7 +52,7 @@ class NoTierAnsweredError(RuntimeError):
 @dataclass
 class GenerateResources:
     settings: QuerySettings
-    runners: dict[str, TierRunner]
+    runners: dict[str, TierArms]
     generations: Publisher
     alerts: Publisher
     health: TierHealth
@@ -78,10 +79,11 @@ async def generate_one(
     chain = [request.tier, *request.fallback_chain]
     skipped: list[str] = []
     for position, name in enumerate(chain):
-        runner = generate.runners.get(name)
-        if runner is None:
+        arms = generate.runners.get(name)
+        if arms is None:
             skipped.append(f"{name}: no such tier in RAGSTREAM_TIERS")
             continue
+        runner, model_arm = arms.for_request(request.request_id)
         # A fallback tier starts afresh: the corrective feedback was about another model.
         attempt = (
             request if position == 0 else request.model_copy(update={"attempt": 0, "feedback": []})
@@ -133,6 +135,7 @@ async def generate_one(
             "prompt_note": prompt_note,
             "model_name": output.model_name,
             "model_version": output.model_version,
+            "model_arm": model_arm,
             "input_tokens": output.input_tokens,
             "output_tokens": output.output_tokens,
             "cost_usd": cost_usd,
@@ -213,7 +216,7 @@ def create_app(settings: QuerySettings | None = None) -> FastStream:
         client = TritonClient(resolve_triton_url(settings))
         await client.warm_up()
         runners = {
-            spec.name: build_runner(spec, client, settings.max_answer_chars)
+            spec.name: build_arms(spec, client, settings.max_answer_chars)
             for spec in settings.tiers
         }
         health = TierHealth(

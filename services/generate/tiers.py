@@ -16,6 +16,7 @@ from contracts.v1 import GenerationRequestV1
 from inference.exceptions import InferenceUnavailableError
 from inference.generation import ChatMessage, GenerationRequest
 from services.generate.extractive import extract_answer
+from services.runtime.rollout import Arm, canary_arm
 from services.runtime.sentences import estimate_tokens
 from services.runtime.settings import TierSpec
 
@@ -139,16 +140,22 @@ class FixedTier:
 
 
 class TritonTier:
-    """A generator model on Triton, constrained to the answer schema."""
+    """A generator model on Triton, constrained to the answer schema. With `pin_version`, it
+    asks for `spec.model_version` (two versions of one model served side by side in a canary);
+    without, for the version Triton's policy serves."""
 
-    def __init__(self, spec: TierSpec, client: Any, max_answer_chars: int) -> None:
+    def __init__(
+        self, spec: TierSpec, client: Any, max_answer_chars: int, pin_version: bool = False
+    ) -> None:
         self.spec = spec
         self.client = client
         self.max_answer_chars = max_answer_chars
+        self.pin_version = pin_version
 
     async def run(self, request: GenerationRequestV1, messages: list[ChatMessage]) -> TierOutput:
         started = time.perf_counter()
         schema = answer_schema(source_labels(request), self.max_answer_chars)
+        pinned = {"model_version": self.spec.model_version} if self.pin_version else {}
         try:
             result = await self.client.generate(
                 GenerationRequest(
@@ -157,6 +164,7 @@ class TritonTier:
                     json_schema=schema,
                 ),
                 model=self.spec.model or None,
+                **pinned,
             )
         except InferenceUnavailableError as error:
             raise TierUnavailableError(f"{self.spec.name}: {error}") from error
@@ -222,11 +230,45 @@ class OpenAITier:
         )
 
 
-def build_runner(spec: TierSpec, triton: Any, max_answer_chars: int) -> TierRunner:
+def build_runner(
+    spec: TierSpec, triton: Any, max_answer_chars: int, pin_version: bool = False
+) -> TierRunner:
     if spec.kind == "extractive":
         return ExtractiveTier(spec)
     if spec.kind == "fixed":
         return FixedTier(spec)
     if spec.kind == "openai":
         return OpenAITier(spec, max_answer_chars)
-    return TritonTier(spec, triton, max_answer_chars)
+    return TritonTier(spec, triton, max_answer_chars, pin_version)
+
+
+@dataclass(frozen=True)
+class TierArms:
+    """A tier's stable runner and, while it has a canary configured, its canary runner."""
+
+    stable: TierRunner
+    canary: TierRunner | None = None
+
+    def for_request(self, request_id: str) -> tuple[TierRunner, Arm]:
+        """The runner of the request's arm: by its id, so a retry stays on the same model."""
+        spec = self.stable.spec
+        if self.canary is None or model_arm(spec, request_id) == "stable":
+            return self.stable, "stable"
+        return self.canary, "canary"
+
+
+def model_arm(spec: TierSpec, request_id: str) -> Arm:
+    """The tier's arm for a request; each tier's rollout splits traffic on its own."""
+    return canary_arm(request_id, spec.canary_share, salt=f"model:{spec.name}")
+
+
+def build_arms(spec: TierSpec, triton: Any, max_answer_chars: int) -> TierArms:
+    """Both arms of a tier; a canary that is another version of the same model pins both
+    versions, since Triton's policy would otherwise serve one of them to both arms."""
+    if not (spec.canary_model or spec.canary_model_version):
+        return TierArms(build_runner(spec, triton, max_answer_chars))
+    pin = bool(spec.canary_model_version)
+    return TierArms(
+        build_runner(spec, triton, max_answer_chars, pin),
+        build_runner(spec.canary(), triton, max_answer_chars, pin),
+    )

@@ -28,7 +28,7 @@ from services.route.alerts import BudgetAlerts, budget_alert, read_alerted_keys
 from services.route.budget import SpendLedger
 from services.route.cache import AnswerCache, CacheHit
 from services.route.index import VectorIndex
-from services.route.planner import plan_generation
+from services.route.planner import choose_prompt, plan_generation
 from services.runtime.answers import latency_ms, refusal_answer
 from services.runtime.batches import validate_batch
 from services.runtime.broker import subscribe_batches
@@ -164,6 +164,8 @@ async def route_query(query: QueryVectorV1, broker: KafkaBroker, route: RouteRes
             broker, lineage_record(STAGE, query, "refused", started, [refusal], details)
         )
         return
+    prompt = choose_prompt(query.request_id, query.options.prompt_version, settings)
+    details |= {"prompt_version": prompt.version, "prompt_arm": prompt.arm}
     route.ledger.reserve(tenant, query.request_id, plan.estimate, now)
     await route.cache.remember_pending(
         tenant, query.request_id, query.question_hash, vector, version
@@ -174,7 +176,7 @@ async def route_query(query: QueryVectorV1, broker: KafkaBroker, route: RouteRes
         question=query.question,
         tier=plan.choice.tier.name,
         prompt_name=settings.prompt_name,
-        prompt_version=query.options.prompt_version or settings.prompt_version,
+        prompt_version=prompt.version,
         context=plan.context,
         max_output_tokens=plan.max_output_tokens,
         token_budget=plan.token_budget,

@@ -18,6 +18,7 @@ from contracts.v1 import ContextChunkV1, QueryOptionsV1
 from services.route.context import select_context
 from services.route.index import Hit
 from services.route.tiers import Complexity, TierChoice, choose_tier, complexity
+from services.runtime.rollout import canary_arm
 from services.runtime.sentences import estimate_tokens
 from services.runtime.settings import QuerySettings
 
@@ -32,6 +33,27 @@ BUDGET_EXCEEDED = "budget_exceeded"
 class Refusal:
     reasons: list[str]
     message: str
+
+
+@dataclass(frozen=True)
+class PromptChoice:
+    """The prompt version a request uses and why: the stable or canary arm of the rollout,
+    or "requested" when the query named a version itself."""
+
+    version: str
+    arm: str
+
+
+def choose_prompt(request_id: str, requested: str | None, settings: QuerySettings) -> PromptChoice:
+    """The query's own prompt version, else the canary for its share of request ids, else
+    the stable one; by the request id, so a retried request keeps its prompt."""
+    if requested:
+        return PromptChoice(requested, "requested")
+    if settings.prompt_canary_version:
+        arm = canary_arm(request_id, settings.prompt_canary_share, salt="prompt")
+        if arm == "canary":
+            return PromptChoice(settings.prompt_canary_version, arm)
+    return PromptChoice(settings.prompt_version, "stable")
 
 
 @dataclass(frozen=True)

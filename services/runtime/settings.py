@@ -126,6 +126,35 @@ class TierSpec(BaseModel):
     outputs: list[str] = Field(
         default_factory=list, description="fixed: raw outputs returned in turn (test tiers)."
     )
+    canary_model: str = Field(
+        default="",
+        description="Canary: the model a share of this tier's calls go to (default: `model`).",
+    )
+    canary_model_version: str = Field(
+        default="",
+        description="Canary: its version (a Triton version served beside the stable one).",
+    )
+    canary_share: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Share of calls on the canary model; 0: rollback."
+    )
+
+    @model_validator(mode="after")
+    def _canary_is_named(self) -> TierSpec:
+        if self.canary_share > 0 and not (self.canary_model or self.canary_model_version):
+            raise ValueError(
+                f"tier {self.name}: canary_share={self.canary_share} needs canary_model or "
+                "canary_model_version in RAGSTREAM_TIERS"
+            )
+        return self
+
+    def canary(self) -> TierSpec:
+        """This tier as its canary arm runs it: the canary model and version in place."""
+        return self.model_copy(
+            update={
+                "model": self.canary_model or self.model,
+                "model_version": self.canary_model_version or self.model_version,
+            }
+        )
 
     def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
         return (
@@ -153,6 +182,15 @@ class QuerySettings(RuntimeSettings):
     tiers: list[TierSpec] = Field(default_factory=lambda: list(DEFAULT_TIERS))
     prompt_name: str = "grounded_answer"
     prompt_version: str = "v1"
+    prompt_canary_version: str | None = Field(
+        default=None, description="A prompt version tried on a share of requests, e.g. v2."
+    )
+    prompt_canary_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of requests on the canary prompt; 0: rollback.",
+    )
     top_k: int = Field(default=5, ge=1, le=50, description="Chunks retrieved per question.")
     min_score: float = Field(default=0.2, ge=0.0, le=1.0, description="Least cosine to keep.")
     semantic_cache_threshold: float = Field(default=0.92, gt=0.0, le=1.0)
@@ -189,6 +227,11 @@ class QuerySettings(RuntimeSettings):
             raise ValueError(
                 "RAGSTREAM_TIERS needs an automatic `extractive` tier: it is the fallback that "
                 "answers when every model is down"
+            )
+        if self.prompt_canary_share > 0 and not self.prompt_canary_version:
+            raise ValueError(
+                f"RAGSTREAM_PROMPT_CANARY_SHARE={self.prompt_canary_share} needs "
+                "RAGSTREAM_PROMPT_CANARY_VERSION (e.g. v2)"
             )
         return self
 
