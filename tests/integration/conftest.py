@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from confluent_kafka import Consumer, TopicPartition
 
 from contracts.registry import TOPICS
 from contracts.v1 import ProducedBy
@@ -192,6 +193,30 @@ async def events_on(bootstrap: str, topic: Any, tenants: set[str]) -> list[Any]:
     return [event for event in decoded if getattr(event, "tenant_id", None) in tenants]
 
 
+def records_with_librdkafka(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every record of `topic` as JSON, read with confluent-kafka (librdkafka), not with
+    ragstream's code: what an analyst's or operator's own tool sees."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+         "enable.partition.eof": True}
+    )  # fmt: skip
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    records: list[dict[str, Any]] = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(at_end) < len(partitions) and time.monotonic() < deadline:
+        message = consumer.poll(1.0)
+        if message is None:
+            continue
+        if message.error():
+            at_end.add(message.partition())
+            continue
+        records.append(json.loads(message.value()))
+    consumer.close()
+    return records
+
+
 __all__ = [
     "ALERT_BUDGET_TENANT",
     "ALERT_DAILY_TOKENS",
@@ -203,5 +228,6 @@ __all__ = [
     "events_on",
     "eventually",
     "publish_events",
+    "records_with_librdkafka",
     "tenant_name",
 ]

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from contracts.registry import TOPICS
 from services.runtime.runstate import pid_alive
 from services.runtime.stage import STAGES
+from tests.integration.conftest import records_with_librdkafka
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -62,32 +62,9 @@ def running(
 
 
 def _chunk_events_with_confluent_kafka(bootstrap: str, tenant: str) -> list[dict[str, Any]]:
-    """Read the chunks topic with librdkafka (confluent-kafka), not ragstream's code."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{tenant}",
-            "enable.partition.eof": True,
-        }
-    )
-    partitions = (
-        consumer.list_topics(TOPICS.chunks.name, timeout=10).topics[TOPICS.chunks.name].partitions
-    )
-    consumer.assign([TopicPartition(TOPICS.chunks.name, p, 0) for p in partitions])
-    events, at_end = [], set()
-    deadline = time.monotonic() + 60
-    while len(at_end) < len(partitions) and time.monotonic() < deadline:
-        message = consumer.poll(1.0)
-        if message is None:
-            continue
-        if message.error():
-            at_end.add(message.partition())
-            continue
-        event = json.loads(message.value())
-        if event["tenant_id"] == tenant:
-            events.append(event)
-    consumer.close()
-    return events
+    """The chunks topic read with librdkafka (confluent-kafka), not ragstream's code."""
+    records = records_with_librdkafka(bootstrap, TOPICS.chunks.name)
+    return [event for event in records if event["tenant_id"] == tenant]
 
 
 def test_up_status_ingest_wait_and_chunks_on_the_topic(running: tuple[dict[str, str], Any]) -> None:
