@@ -108,8 +108,10 @@ def recent_section(recent: Sequence[dict[str, Any]], selected: str | None) -> st
     )
 
 
-def _decision(key: str, value: Any) -> str:
-    """One detail as a short line: chunk lists and checks summarised."""
+def decision_line(key: str, value: Any, max_items: int = 3, max_chars: int = 90) -> str:
+    """One lineage detail as a short line: chunk lists and checks summarised, long lists
+    counted (more than `max_items`), long values cut at `max_chars`. The terminal and the
+    dashboard both show details this way."""
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         if all("name" in v and "passed" in v for v in value):
             return f"{key}: " + ", ".join(
@@ -119,10 +121,10 @@ def _decision(key: str, value: Any) -> str:
             scores = [s for v in value if isinstance(s := v.get("score"), int | float)]
             top = f" (top score {max(scores):.3f})" if scores else ""
             return f"{key}: {len(value)} chunks{top}"
-    if isinstance(value, list) and len(value) > 3:
+    if isinstance(value, list) and len(value) > max_items:
         return f"{key}: {len(value)} items"
     text = value if isinstance(value, str) else json.dumps(value)
-    return f"{key}: {text if len(text) <= 90 else text[:89] + '…'}"
+    return f"{key}: {text if len(text) <= max_chars else text[: max_chars - 1] + '…'}"
 
 
 def _lineage_row(record: dict[str, Any], start: datetime, span_ms: float) -> str:
@@ -131,7 +133,7 @@ def _lineage_row(record: dict[str, Any], start: datetime, span_ms: float) -> str
     left = 100 * offset_ms / span_ms if span_ms else 0.0
     width = 100 * took / span_ms if span_ms else 100.0
     decisions = "".join(
-        f"<li>{escape(_decision(k, v))}</li>"
+        f"<li>{escape(decision_line(k, v))}</li>"
         for k, v in [(k, v) for k, v in record["details"].items() if v != ""][:_MAX_DECISIONS]
     )
     return (

@@ -18,6 +18,7 @@ from rich.tree import Tree
 
 from contracts.registry import TOPICS
 from contracts.v1 import LineageRecordV1
+from services.audit.dashboard import decision_line
 from services.audit.exceptions import AuditStoreError
 from services.audit.store import (
     AuditStore,
@@ -67,21 +68,7 @@ def request_report(store: AuditStore, request_id: str) -> dict[str, Any]:
 
 
 def _decision(key: str, value: JsonValue) -> str:
-    """One detail as a short line: lists of chunks and checks summarised."""
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        items = [v for v in value if isinstance(v, dict)]
-        if all("name" in v and "passed" in v for v in items):
-            return f"{key}: " + ", ".join(
-                f"{v['name']} {'✓' if v['passed'] else '✗'}" for v in items
-            )
-        if all("chunk_id" in v for v in items):
-            scores = [s for v in items if isinstance(s := v.get("score"), int | float)]
-            top = f" (top score {max(scores):.3f})" if scores else ""
-            return f"{key}: {len(items)} chunks{top}"
-    if isinstance(value, list) and len(value) > 4:
-        return f"{key}: {len(value)} items"
-    text = value if isinstance(value, str) else json.dumps(value)
-    return f"{key}: {text[:120]}"
+    return decision_line(key, value, max_items=4, max_chars=120)
 
 
 def render_request(report: dict[str, Any]) -> Tree:
