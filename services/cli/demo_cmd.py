@@ -75,7 +75,7 @@ def _wait_ready(
                 tail = log.read_text(errors="replace")[-2000:] if log else ""
                 raise DemoFailedError(f"`ragstream up` exited with {up.returncode}:\n{tail}")
             if read_state(settings.data_dir.resolve()):
-                status = collect_status(settings)
+                status = collect_status(settings, window_s=0)
                 if status.get("ready"):
                     return str(status["bootstrap_servers"])
             time.sleep(1.0)

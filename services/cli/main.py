@@ -148,26 +148,33 @@ def triton(
 @app.command()
 def status(
     as_json: JsonFlag = False,
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s until Ctrl-C.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
+    window: Annotated[
+        float, typer.Option(help="Seconds over which events/s are measured (0: skip them).")
+    ] = 1.0,
 ) -> None:
-    """Is everything up (`ready`); broker address, stage pids, lag and DLQ count.
+    """Is everything up (`ready`); per stage: consumers, partitions owned, lag, events/s.
 
-    JSON fields: ready, bootstrap_servers, broker, stages.NAME.pids / ready / topics
-    (partitions, events, lag, consumer_group), dlq.count."""
-    from services.cli.status_cmd import collect_status, status_table
+    Events per second are measured over --window seconds (the refresh interval with --watch).
+    JSON fields: ready, bootstrap_servers, broker, triton, qdrant, dlq.count, and per stage
+    stages.NAME: pids, consumers_alive, ready, checks, events_per_s (in_per_s, out_per_s),
+    topics.TOPIC (partitions, partitions_owned {pid: [partitions]}, events, lag,
+    consumer_group)."""
+    from services.cli.status_cmd import StatusSampler, collect_status, status_table
 
     settings = _settings()
     if as_json:
-        print(json.dumps(collect_status(settings), indent=2))
+        print(json.dumps(collect_status(settings, window_s=window), indent=2))
         return
     if not watch:
-        out.print(status_table(collect_status(settings)))
+        out.print(status_table(collect_status(settings, window_s=window)))
         return
-    with Live(status_table(collect_status(settings)), console=out) as live:
+    sampler = StatusSampler(settings)
+    with Live(status_table(sampler.collect()), console=out) as live:
         try:
             while True:
-                time.sleep(2)
-                live.update(status_table(collect_status(settings)))
+                time.sleep(max(window, 0.5))
+                live.update(status_table(sampler.collect()))
         except KeyboardInterrupt:
             pass
 

@@ -12,7 +12,11 @@ from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 
 from contracts.registry import TopicSpec
 from services.runtime.dead_letters import DeadLetterMiddleware
-from services.runtime.metrics import ConsumedEventsMiddleware, prometheus_middleware
+from services.runtime.metrics import (
+    ConsumedEventsMiddleware,
+    OwnedPartitions,
+    prometheus_middleware,
+)
 from services.runtime.publishing import strict_json_decoder
 from services.runtime.runstate import resolve_bootstrap
 from services.runtime.settings import RuntimeSettings
@@ -52,6 +56,7 @@ def subscriber_options(stage: str, spec: TopicSpec) -> dict[str, Any]:
         "group_id": consumer_group(stage, spec),
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "auto_offset_reset": "earliest",
+        "listener": OwnedPartitions(stage),
     }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from faststream import BaseMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -67,6 +67,12 @@ ALERT_ACTIVE = Gauge(
     "ragstream_alert_active",
     "1 from a model alert's crossing until its tier recovers, per kind and tier.",
     ["kind", "subject"],
+)
+
+PARTITIONS_OWNED = Gauge(
+    "ragstream_partition_owned",
+    "1 for each partition this process's consumer group member owns now.",
+    ["stage", "topic", "partition"],
 )
 
 
@@ -136,3 +142,25 @@ def alert_raised(stage: str, kind: str, subject: str) -> None:
 def alert_active(kind: str, subject: str, active: bool) -> None:
     """A threshold that re-arms (model alerts): 1 from its crossing until it recovers."""
     ALERT_ACTIVE.labels(kind, subject).set(1 if active else 0)
+
+
+class OwnedPartitions(ConsumerRebalanceListener):
+    """Keeps `ragstream_partition_owned` equal to a consumer's assignment, across rebalances
+    (the broker's group description need not list it: Tansu's does not).
+
+    >>> router.subscriber(topic, listener=OwnedPartitions("embed"))  # doctest: +SKIP
+    """
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:
+            try:
+                PARTITIONS_OWNED.remove(self.stage, tp.topic, str(tp.partition))
+            except KeyError:
+                pass
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            PARTITIONS_OWNED.labels(self.stage, tp.topic, str(tp.partition)).set(1)

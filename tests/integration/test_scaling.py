@@ -1,8 +1,8 @@
 """Scaling the embed stage on one machine: partitions per worker, a killed worker, SIGTERM, lag.
 
 Each test runs its own broker (Tansu), so the embed workers it starts are the only members
-of their consumer group (the session pipeline's embed consumes the session broker). Chunk
-counts are a few hundred, not 2,000: on 2 cores Triton embeds ~40 chunks/s on CPU.
+of their consumer group (the session pipeline's embed consumes the session broker). Chunks
+are ~60 tokens, so 2,000 of them take Triton on 2 CPU cores about a minute.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -236,7 +237,69 @@ async def producer_for(bootstrap: str) -> AIOKafkaProducer:
     return producer
 
 
-async def test_two_workers_split_partitions_and_survive_a_kill(embed: Embed) -> None:
+def embed_status(embed: Embed) -> dict[str, Any]:
+    """`ragstream status --json`'s embed stage, found by the workers' endpoint files."""
+    stages = status_json(embed, embed.data_dir)["stages"]
+    assert isinstance(stages, dict)
+    info: dict[str, Any] = stages["embed"]
+    return info
+
+
+def owned_per_worker(info: dict[str, Any]) -> dict[int, set[int]]:
+    owned = info["topics"][TOPICS.chunks.name]["partitions_owned"]
+    return {int(pid): set(parts) for pid, parts in owned.items()}
+
+
+async def status_split(embed: Embed, workers: int) -> dict[int, set[int]]:
+    """Wait until `status` shows `workers` live consumers owning disjoint, covering sets."""
+
+    async def probe() -> dict[int, set[int]] | None:
+        info = await asyncio.to_thread(embed_status, embed)
+        owned = owned_per_worker(info)
+        every = sorted(p for parts in owned.values() for p in parts)
+        if info["consumers_alive"] != workers or len(owned) != workers:
+            return None
+        return owned if every == list(range(TOPICS.chunks.partitions)) else None
+
+    return await eventually(probe, 90, f"{workers} consumers owning every partition")
+
+
+async def test_one_then_two_workers_embed_2000_chunks_exactly_once(embed: Embed) -> None:
+    """An operator adds a consumer: partitions move, every chunk is embedded exactly once."""
+    bootstrap = embed.bootstrap
+    tenant = tenant_name("scale")
+    chunks = [chunk(tenant, i) for i in range(2000)]
+    producer = await producer_for(bootstrap)
+    try:
+        first = embed.start()
+        embed.wait_ready(1)
+        assert list(await status_split(embed, 1)) == [first.pid]
+        await publish_events(producer, TOPICS.chunks, chunks[:1000])
+
+        async def streaming() -> bool:
+            rate = (await asyncio.to_thread(embed_status, embed))["events_per_s"]
+            return bool(rate and rate["in_per_s"] > 0 and rate["out_per_s"] > 0)
+
+        await eventually(streaming, 120, "status showing events/s in and out")
+        await all_embedded(bootstrap, tenant, chunks[:1000])
+
+        second = embed.start()
+        embed.wait_ready(2)
+        owned = await status_split(embed, 2)
+        assert set(owned) == {first.pid, second.pid}
+        assert not owned[first.pid] & owned[second.pid]
+        await publish_events(producer, TOPICS.chunks, chunks[1000:])
+        counts = await all_embedded(bootstrap, tenant, chunks)
+    finally:
+        await producer.stop()
+    assert len(counts) == len(chunks) and set(counts.values()) == {1}, "lost or duplicated"
+    # The second half sat on both workers' partitions: each embedded a share of it.
+    where = await positions(bootstrap, tenant)
+    used = {where[c.chunk_id][0] for c in chunks[1000:]}
+    assert used & owned[first.pid] and used & owned[second.pid]
+
+
+async def test_serve_workers_split_partitions_and_survive_a_kill(embed: Embed) -> None:
     bootstrap = embed.bootstrap
     producer = await producer_for(bootstrap)
     try:
@@ -247,7 +310,7 @@ async def test_two_workers_split_partitions_and_survive_a_kill(embed: Embed) -> 
         first, second = await stable_split(bootstrap, workers, 2)
         assert not first & second and first and second
         tenant = tenant_name("scale")
-        chunks = [chunk(tenant, i) for i in range(300)]
+        chunks = [chunk(tenant, i) for i in range(200)]
         await publish_events(producer, TOPICS.chunks, chunks)
         counts = await all_embedded(bootstrap, tenant, chunks)
         assert set(counts.values()) == {1}, "a chunk was embedded twice without any crash"

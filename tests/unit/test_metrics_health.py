@@ -9,18 +9,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 from faststream.kafka import TestKafkaBroker
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.registry import TOPICS
 from contracts.v1 import AlertV1, ProducedBy
+from services.cli.stage_probe import probe_stage, rates
 from services.cli.status_cmd import collect_status
 from services.runtime.broker import make_broker
 from services.runtime.dead_letters import dead_letter_for, publish_dead_letter
 from services.runtime.health import HealthServer, serving_health, stage_endpoints
-from services.runtime.metrics import cache_decided
+from services.runtime.metrics import OwnedPartitions, cache_decided, records_consumed
 from services.runtime.publishing import event_bytes, publish_event
 from services.runtime.settings import RuntimeSettings
 
@@ -175,3 +176,38 @@ async def test_published_events_and_dead_letters_are_counted() -> None:
              _sample("ragstream_events_failed_total", **failed),
              _sample("ragstream_dead_letters_total", **dlq)]  # fmt: skip
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
+
+
+def _records(topic: str, count: int) -> list[ConsumerRecord[bytes, bytes]]:
+    return [
+        ConsumerRecord(topic, 0, n, 0, 0, None, b"{}", None, 0, 2, [])  # type: ignore[arg-type]
+        for n in range(count)
+    ]
+
+
+async def test_status_probe_reads_owned_partitions_rates_and_checks(tmp_path: Path) -> None:
+    """What `ragstream status` shows per stage comes from each process's own endpoints."""
+    settings = RuntimeSettings(data_dir=tmp_path, bootstrap_servers="127.0.0.1:1")
+    stage, topic = "probe-stage", TOPICS.chunks.name
+    owned = OwnedPartitions(stage)
+    await owned.on_partitions_assigned({TopicPartition(topic, 1), TopicPartition(topic, 3)})
+    async with serving_health(stage, settings, {"qdrant": _yes, "triton": _broken}):
+        endpoints = stage_endpoints(tmp_path, stage)
+        first = await asyncio.to_thread(probe_stage, endpoints)
+        records_consumed(stage, _records(topic, 7))
+        second = await asyncio.to_thread(probe_stage, endpoints)
+        # A rebalance revokes everything, then assigns the new share.
+        await owned.on_partitions_revoked({TopicPartition(topic, 1), TopicPartition(topic, 3)})
+        await owned.on_partitions_assigned({TopicPartition(topic, 5)})
+        third = await asyncio.to_thread(probe_stage, endpoints)
+    assert first.processes_answering == 1
+    assert first.partitions_owned == {topic: {1: os.getpid(), 3: os.getpid()}}
+    assert first.checks == {"qdrant": True, "triton": False}
+    assert second.events_in - first.events_in == 7
+    rate = rates(first, second)
+    assert rate["in_per_s"] is not None and rate["in_per_s"] > 0
+    assert rate["out_per_s"] == 0
+    assert third.partitions_owned == {topic: {5: os.getpid()}}
+    await owned.on_partitions_revoked({TopicPartition(topic, 5)})
+    gone = await asyncio.to_thread(probe_stage, endpoints)  # the server has stopped
+    assert gone.processes_answering == 0 and gone.partitions_owned == {}
