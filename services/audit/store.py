@@ -24,7 +24,18 @@ from contracts.v1 import AnswerV1, LineageRecordV1, ProducedBy
 from services.audit.causal import causal_order, utc
 from services.audit.exceptions import AuditStoreError, AuditStoreMissingError
 
-CostKey = Literal["tenant", "model", "day"]
+CostKey = Literal["tenant", "model", "version", "prompt", "arm", "day"]
+#: How `costs` groups generate's records: the SQL expression of each key.
+_COST_GROUPS: dict[str, str] = {
+    "tenant": "tenant_id",
+    "model": "model_name",
+    # A canary serves two versions of a model side by side: compare them.
+    "version": "model_name || '@' || coalesce(details->>'model_version', '?')",
+    "prompt": "coalesce(details->>'prompt_name', '?') || '/' "
+    "|| coalesce(details->>'prompt_version', '?')",
+    "arm": "coalesce(details->>'model_arm', 'stable')",
+    "day": "CAST(started_at AS DATE)",
+}
 ExportFormat = Literal["parquet", "jsonl"]
 ExportTable = Literal["lineage", "answers"]
 #: Stages in pipeline order, for tables; unknown stages sort after them.
@@ -227,10 +238,10 @@ class AuditStore:
         return StoredAnswer(**values)
 
     def costs(self, by: CostKey = "tenant") -> list[dict[str, Any]]:
-        """Generations, input/output tokens and cost summed per tenant, model or UTC day."""
-        column = {"tenant": "tenant_id", "model": "model_name", "day": "CAST(started_at AS DATE)"}
+        """Generations, input/output tokens and cost summed per tenant, model, model version,
+        prompt version, canary arm or UTC day."""
         rows = self._db.execute(
-            f"SELECT CAST({column[by]} AS VARCHAR) AS key, count(*), "
+            f"SELECT CAST({_COST_GROUPS[by]} AS VARCHAR) AS key, count(*), "
             "coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), "
             "coalesce(sum(cost_usd), 0.0) FROM lineage WHERE stage = 'generate' "
             "GROUP BY key ORDER BY key"

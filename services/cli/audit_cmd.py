@@ -7,7 +7,7 @@ import asyncio
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 from pydantic import JsonValue, ValidationError
@@ -141,12 +141,20 @@ def audit_show(
 
 @audit_app.command("costs")
 def audit_costs(
-    by: Annotated[str, typer.Option(help="Group by tenant, model or day (UTC).")] = "tenant",
+    by: Annotated[
+        str,
+        typer.Option(
+            help="Group by tenant, model, version (model@version), prompt (name/version), "
+            "arm (stable or canary) or day (UTC)."
+        ),
+    ] = "tenant",
     as_json: JsonFlag = False,
 ) -> None:
-    """Generations, input/output tokens and cost in USD, summed from generate's records."""
-    if by not in ("tenant", "model", "day"):
-        raise typer.BadParameter(f"--by {by!r}: use tenant, model or day")
+    """Generations, input/output tokens and cost in USD, summed from generate's records.
+
+    During a canary, --by version, --by prompt and --by arm compare the two sides."""
+    if by not in get_args(CostKey):
+        raise typer.BadParameter(f"--by {by!r}: use one of {', '.join(get_args(CostKey))}")
     key: CostKey = by  # type: ignore[assignment]
     with _open(RuntimeSettings()) as store:
         rows = store.costs(key)

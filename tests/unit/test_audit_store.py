@@ -61,7 +61,9 @@ def query_path(correlation: str = "r-1", tenant: str = "acme", offset: float = 0
         record("route", f"{c}-l3", f"{c}-v", [f"{c}-g1"], o + 20, 8, c, tenant, tier="small",
                retrieved=[{"chunk_id": "k1", "score": 0.8}], cache="miss"),
         record("generate", f"{c}-l4", f"{c}-g1", [f"{c}-o1"], o + 30, 100, c, tenant,
-               model_name="smollm", input_tokens=300, output_tokens=40, cost_usd=0.01),
+               model_name="smollm", input_tokens=300, output_tokens=40, cost_usd=0.01,
+               model_version="2", prompt_name="grounded_answer", prompt_version="v2",
+               model_arm="canary"),
         record("validate", f"{c}-l5", f"{c}-o1", [f"{c}-g2"], o + 140, 4, c, tenant,
                checks=[{"name": "schema", "passed": False}]),
         record("generate", f"{c}-l6", f"{c}-g2", [f"{c}-o2"], o + 150, 50, c, tenant,
@@ -150,6 +152,15 @@ def test_costs_sum_generate_records_by_tenant_model_and_day(store: AuditStore) -
     assert by_tenant["beta"]["input_tokens"] == 300
     by_model = {row["model"]: row["output_tokens"] for row in store.costs("model")}
     assert by_model == {"smollm": 120, "extractive": 60}
+    # A canary's two sides, compared (the extractive records carry no version, prompt or arm).
+    by_version = {row["version"]: row["generations"] for row in store.costs("version")}
+    assert by_version == {"smollm@2": 3, "extractive@?": 3}
+    by_prompt = {row["prompt"]: row["cost_usd"] for row in store.costs("prompt")}
+    assert by_prompt == {"grounded_answer/v2": pytest.approx(0.03), "?/?": 0.0}
+    assert {row["arm"]: row["generations"] for row in store.costs("arm")} == {
+        "canary": 3,
+        "stable": 3,
+    }
     assert store.costs("day") == [
         {"day": "2026-11-23", "generations": 6, "input_tokens": 900, "output_tokens": 180,
          "cost_usd": pytest.approx(0.03)}
