@@ -22,7 +22,7 @@ from contracts.v1.envelope import utc_now
 from services.chunk.chunker import Chunker, chunk_id, load_tokenizer
 from services.runtime.broker import subscriber_options
 from services.runtime.lineage import lineage_record, publish_lineage
-from services.runtime.publishing import derived_from, publish_event
+from services.runtime.publishing import derived_event_id, derived_from, publish_event
 from services.runtime.settings import ChunkSettings
 from services.runtime.stage import stage_app
 
@@ -42,7 +42,7 @@ async def chunk_document(
     """Publish a version's chunks, then its chunk set (the ids that stay; none after a delete)."""
     started = utc_now()
     common = {
-        **derived_from(event, STAGE),
+        **derived_from(event, STAGE),  # each event gets its own id below
         "doc_id": event.doc_id,
         "doc_version": event.doc_version,
     }
@@ -50,7 +50,7 @@ async def chunk_document(
     if not isinstance(event, DocumentRemovedV1):
         for draft in chunker.chunk(event.text, markdown=event.content_type == "text/markdown"):
             chunk = ChunkV1(
-                **common,
+                **common | {"event_id": derived_event_id(event, STAGE, f"chunk/{draft.position}")},
                 chunk_id=chunk_id(
                     event.tenant_id,
                     event.doc_id,
@@ -69,7 +69,7 @@ async def chunk_document(
             await publish_event(chunks, TOPICS.chunks, chunk, STAGE)
             published.append(chunk)
     chunk_set = ChunkSetV1(
-        **common,
+        **common | {"event_id": derived_event_id(event, STAGE, "chunk-set")},
         chunk_ids=[c.chunk_id for c in published],
         deleted=isinstance(event, DocumentRemovedV1),
     )

@@ -25,7 +25,7 @@ from contracts.v1 import (
     VectorV1,
 )
 from contracts.v1.chunks import ChunkContentV1
-from contracts.v1.envelope import new_event_id, utc_now
+from contracts.v1.envelope import utc_now
 from inference.client import EmbedPriority, TritonClient
 from inference.exceptions import InferenceUnavailableError
 from services.runtime.batches import validate_batch
@@ -101,9 +101,7 @@ async def embed_chunks(
                 embedding_model=EMBEDDING_MODEL,
             )
         else:
-            out = event.model_copy(
-                update={**derived_from(event, STAGE), "event_id": new_event_id()}
-            )
+            out = event.model_copy(update=derived_from(event, STAGE))
         details: dict[str, JsonValue] = {"batch_size": len(chunks), "model": EMBEDDING_MODEL}
         with batch.span(event, STAGE):
             await publish_event(embed.chunk_vectors, TOPICS.chunk_vectors, out, STAGE)

@@ -116,7 +116,7 @@ def model_alert(crossing: TierCrossing, model: str, cause: Envelope, stage: str)
         else "RAGSTREAM_MODEL_P99_ALERT_MS"
     )
     return AlertV1(
-        **(derived_from(cause, stage) | {"tenant_id": OPERATIONS_TENANT}),
+        **(derived_from(cause, stage, "model-alert") | {"tenant_id": OPERATIONS_TENANT}),
         kind=crossing.kind,
         severity="critical" if crossing.kind == "model_error_rate" else "warning",
         message=f"tier {crossing.tier} (model {model}): {measure}, at or over the threshold "

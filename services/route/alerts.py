@@ -27,7 +27,9 @@ from pydantic import ValidationError
 from contracts.registry import TOPICS
 from contracts.v1 import AlertV1, Envelope
 from services.runtime.kafka_admin import wait_for_broker
+from services.runtime.kafka_security import librdkafka_security
 from services.runtime.publishing import derived_from
+from services.runtime.settings import RuntimeSettings
 from services.runtime.topic_reader import read_topic
 
 BUDGET_SHARE = "budget_share"
@@ -79,7 +81,7 @@ class BudgetAlerts:
 def budget_alert(crossing: BudgetCrossing, cause: Envelope, stage: str) -> AlertV1:
     """The alert event for a crossing, caused by the generation that crossed it."""
     return AlertV1(
-        **derived_from(cause, stage),
+        **derived_from(cause, stage, "budget-alert"),
         kind=BUDGET_SHARE,
         severity="warning",
         message=(
@@ -100,12 +102,13 @@ def alerted_keys(alerts: Iterable[AlertV1]) -> set[str]:
     return {a.alert_key for a in alerts if a.kind == BUDGET_SHARE and a.alert_key}
 
 
-async def read_alerted_keys(bootstrap_servers: str) -> set[str]:
+async def read_alerted_keys(bootstrap_servers: str, settings: RuntimeSettings) -> set[str]:
     """The budget crossings the alerts topic already holds (records of other shapes skipped),
     once the broker answers."""
-    await asyncio.to_thread(wait_for_broker, bootstrap_servers, 60.0)
+    security = librdkafka_security(settings)
+    await asyncio.to_thread(wait_for_broker, bootstrap_servers, 60.0, security)
     alerts = []
-    for record in await read_topic(bootstrap_servers, TOPICS.alerts.name):
+    for record in await read_topic(bootstrap_servers, TOPICS.alerts.name, settings=settings):
         try:
             alerts.append(TOPICS.alerts.adapter.validate_json(record.value or b""))
         except ValidationError:

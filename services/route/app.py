@@ -129,6 +129,14 @@ async def route_query(query: QueryVectorV1, broker: KafkaBroker, route: RouteRes
     if hit is not None and query.options.tier and hit.answer.tier != query.options.tier:
         details["cache_skipped"] = f"cached answer is from tier {hit.answer.tier}"
         hit = None  # the question asks for another tier than the one that answered before
+    if hit is not None and hit.source_request_id == query.request_id:
+        # This very request was answered already: its query was delivered again (a producer
+        # retry, or route restarted before committing). One answer per request id.
+        details |= {"cache": hit.kind, "duplicate_of_answered_request": True}
+        await publish_lineage(
+            broker, lineage_record(STAGE, query, "duplicate", started, [], details)
+        )
+        return
     cache_decided(hit.kind if hit is not None else "miss")
     if hit is not None:
         answer = await _answer_from_cache(query, hit, route)
@@ -285,7 +293,7 @@ def create_app(settings: RouteSettings | None = None) -> FastStream:
         cache = AnswerCache(index.client, settings.cache_collection, settings.exact_cache_entries)
         await cache.warm_up()
         # Before the ledger is rebuilt from the generations topic: crossings already alerted.
-        alerted = await read_alerted_keys(resolve_bootstrap(settings))
+        alerted = await read_alerted_keys(resolve_bootstrap(settings), settings)
         budget_alerts = BudgetAlerts(settings.budget_alert_share, alerted)
         ledger = SpendLedger()
         publishers = (generation_requests, answers, alerts)

@@ -14,7 +14,7 @@ from contracts.registry import TOPICS
 from contracts.v1 import DeadLetterV1, Envelope, LineageRecordV1
 from contracts.v1.envelope import utc_now
 from services.runtime.metrics import event_published
-from services.runtime.publishing import event_bytes, event_headers, produced_by
+from services.runtime.publishing import derived_event_id, event_bytes, event_headers, produced_by
 
 logger = logging.getLogger("ragstream.lineage")
 
@@ -28,6 +28,8 @@ def lineage_record(
     details: Mapping[str, JsonValue] | None = None,
 ) -> LineageRecordV1:
     return LineageRecordV1(
+        # The same input handled again (after a crash) gives the same record: stored once.
+        event_id=derived_event_id(event, stage, f"lineage/{outcome}"),
         tenant_id=event.tenant_id,
         correlation_id=event.correlation_id,
         causation_id=event.event_id,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import uuid
 from typing import Any, Protocol
 
 from faststream.message import StreamMessage
@@ -28,10 +30,32 @@ def produced_by(stage: str) -> ProducedBy:
     return ProducedBy(service=stage, version=__version__)
 
 
-def derived_from(event: Envelope, stage: str) -> dict[str, Any]:
-    """Envelope fields of an event that `stage` derives from `event`: same tenant and
-    correlation, caused by it, produced by the stage (a new event id comes by default)."""
+def derived_event_id(event: Envelope, stage: str, role: str = "") -> str:
+    """The id of the event `stage` derives from `event` in `role`: the same every time.
+
+    Delivery is at least once: a stage killed after publishing but before committing handles
+    its input again, and republishes events with these same ids, which every consumer's
+    idempotent write (index point, audit row, cache entry, budget charge, answer per request)
+    counts once. Shaped as a UUIDv7 whose time is the input's (when the input's id is a UUIDv7),
+    so ids still sort roughly by time; the rest is a hash of input id, stage and role."""
+    digest = bytearray(hashlib.sha256(f"{event.event_id}|{stage}|{role}".encode()).digest()[:16])
+    try:
+        cause = uuid.UUID(event.event_id)
+        if cause.version == 7:
+            digest[:6] = cause.bytes[:6]
+    except ValueError:
+        pass
+    digest[6] = 0x70 | (digest[6] & 0x0F)  # version 7
+    digest[8] = 0x80 | (digest[8] & 0x3F)  # RFC 4122 variant
+    return str(uuid.UUID(bytes=bytes(digest)))
+
+
+def derived_from(event: Envelope, stage: str, role: str = "") -> dict[str, Any]:
+    """Envelope fields of the event that `stage` derives from `event` (in `role`, where one
+    input gives several events): same tenant and correlation, caused by it, produced by the
+    stage, with a deterministic id (`derived_event_id`)."""
     return {
+        "event_id": derived_event_id(event, stage, role),
         "tenant_id": event.tenant_id,
         "correlation_id": event.correlation_id,
         "causation_id": event.event_id,

@@ -31,6 +31,7 @@ async def test_a_failing_event_is_retried_dead_lettered_and_committed_past(
     group = f"{topic}.group"
     calls: Counter[int] = Counter()
     handled: list[int] = []
+    dlq_before_next: list[bool] = []
     broker = make_broker(
         RuntimeSettings(bootstrap_servers=kafka.bootstrap_servers, handler_attempts=3), "flaky"
     )
@@ -42,6 +43,9 @@ async def test_a_failing_event_is_retried_dead_lettered_and_committed_past(
         calls[payload["n"]] += 1
         if payload["n"] == 2:
             raise ValueError("event 2 always fails")
+        if payload["n"] == 3:  # the next event: event 2 must be in the DLQ already
+            letters = await read_topic(kafka.bootstrap_servers, TOPICS.dlq.name)
+            dlq_before_next.append(any(topic.encode() in r.value for r in letters))
         handled.append(payload["n"])
 
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
@@ -57,6 +61,9 @@ async def test_a_failing_event_is_retried_dead_lettered_and_committed_past(
         await broker.stop()
     # At-least-once: a rebalance may redeliver, but each delivery of event 2 is tried 3 times.
     assert set(calls) == {1, 2, 3} and calls[2] % 3 == 0
+    # The trap of ag2ai/faststream#2618: a later success committing past a failure that is not
+    # yet dead-lettered. Here the next event runs (and so commits) only after the dead letter.
+    assert dlq_before_next and all(dlq_before_next), "event 3 handled before event 2's letter"
 
     letters = [
         DeadLetterV1.model_validate_json(r.value)
