@@ -12,6 +12,7 @@ from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 
 from contracts.registry import TopicSpec
 from services.runtime.dead_letters import DeadLetterMiddleware
+from services.runtime.kafka_security import faststream_security
 from services.runtime.metrics import (
     ConsumedEventsMiddleware,
     OwnedPartitions,
@@ -37,6 +38,7 @@ def make_broker(settings: RuntimeSettings, stage: str, **kwargs: Any) -> KafkaBr
             DeadLetterMiddleware.for_stage(stage, attempts=settings.handler_attempts),
         ],
         decoder=strict_json_decoder,
+        security=faststream_security(settings),
         logger=logging.getLogger(f"ragstream.{stage}"),
         # A dead letter carries its original base64-encoded (4/3 larger) plus its metadata.
         max_request_size=MAX_REQUEST_BYTES,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -54,6 +54,34 @@ class RuntimeSettings(BaseSettings):
     metrics_host: str = Field(
         default="127.0.0.1", description="Address the metrics port listens on (0.0.0.0 in pods)."
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How stages talk to Kafka; production: SASL_SSL (TLS and SASL).",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism, with SASL_* protocols."
+    )
+    kafka_sasl_username: str = Field(default="", description="SASL user, from the environment.")
+    kafka_sasl_password: SecretStr = Field(
+        default=SecretStr(""),
+        description="SASL password, from the environment (a Kubernetes Secret); never logged.",
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle that signed the brokers' certificates (TLS); default: the "
+        "system's trust store.",
+    )
+
+    @model_validator(mode="after")
+    def _sasl_has_credentials(self) -> RuntimeSettings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()
+        ):
+            raise ValueError(
+                f"RAGSTREAM_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "RAGSTREAM_KAFKA_SASL_USERNAME and RAGSTREAM_KAFKA_SASL_PASSWORD in the environment"
+            )
+        return self
 
 
 class IngestSettings(RuntimeSettings):

@@ -15,6 +15,7 @@ from contracts.registry import TOPICS, TopicSpec
 from services.runtime.broker import make_broker
 from services.runtime.health import READINESS, ReadinessCheck, serving_health
 from services.runtime.kafka_admin import broker_answers, ensure_topics, wait_for_broker
+from services.runtime.kafka_security import librdkafka_security
 from services.runtime.runstate import resolve_bootstrap
 from services.runtime.settings import RuntimeSettings
 from services.runtime.tracing import traced_process
@@ -48,9 +49,13 @@ async def prepare_stage(
 ) -> AsyncIterator[None]:
     """Wait for the broker, create missing topics, put `resources` in the broker's context."""
     bootstrap = resolve_bootstrap(settings)
-    await asyncio.to_thread(wait_for_broker, bootstrap, 60.0)
+    security = librdkafka_security(settings)
+    await asyncio.to_thread(wait_for_broker, bootstrap, 60.0, security)
     await asyncio.to_thread(
-        ensure_topics, bootstrap, partitions_override=settings.partitions_override
+        ensure_topics,
+        bootstrap,
+        partitions_override=settings.partitions_override,
+        security=security,
     )
     for name, value in resources.items():
         broker.context.set_global(name, value)
@@ -67,9 +72,10 @@ ResourceFactory = Callable[[], AbstractAsyncContextManager[dict[str, Any]]]
 def broker_checks(broker: KafkaBroker, settings: RuntimeSettings) -> dict[str, ReadinessCheck]:
     """Readiness every stage shares: the broker answers, and the stage's consumers started."""
     bootstrap = resolve_bootstrap(settings)
+    security = librdkafka_security(settings)
 
     async def broker_answering() -> bool:
-        return await asyncio.to_thread(broker_answers, bootstrap, 1.0)
+        return await asyncio.to_thread(broker_answers, bootstrap, 1.0, security)
 
     async def consuming() -> bool:
         return broker.running

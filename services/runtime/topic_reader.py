@@ -10,31 +10,41 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from services.runtime.kafka_admin import partition_counts
+from services.runtime.kafka_security import aiokafka_security, librdkafka_security
+from services.runtime.settings import RuntimeSettings
 
 FETCH_WAIT_MS = 200
 
 
 async def _assigned_consumer(
-    bootstrap_servers: str, topic: str
+    bootstrap_servers: str, topic: str, settings: RuntimeSettings | None = None
 ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        group_id=None,
+        **(aiokafka_security(settings) if settings is not None else {}),
     )
     await consumer.start()
-    counts = await asyncio.to_thread(partition_counts, bootstrap_servers)
+    security = librdkafka_security(settings) if settings is not None else None
+    counts = await asyncio.to_thread(partition_counts, bootstrap_servers, 10.0, security)
     assigned = [TopicPartition(topic, p) for p in range(counts.get(topic, 0))]
     consumer.assign(assigned)
     return consumer, assigned
 
 
 async def read_topic(
-    bootstrap_servers: str, topic: str, timeout_s: float = 60.0
+    bootstrap_servers: str,
+    topic: str,
+    timeout_s: float = 60.0,
+    settings: RuntimeSettings | None = None,
 ) -> list[ConsumerRecord[Any, Any]]:
-    """Every record now in `topic`, partition by partition in offset order.
+    """Every record now in `topic`, partition by partition in offset order (with `settings`:
+    over their TLS/SASL).
 
     The end of each partition is the high watermark of the fetch responses: Tansu 0.6
     answers ListOffsets with its last batch's base offset + 1, short of the real end."""
-    consumer, assigned = await _assigned_consumer(bootstrap_servers, topic)
+    consumer, assigned = await _assigned_consumer(bootstrap_servers, topic, settings)
     try:
         if not assigned:
             return []

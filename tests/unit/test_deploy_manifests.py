@@ -32,6 +32,7 @@ DATA = REPO / "tests" / "data"
 CRD_SCHEMAS = {
     "ScaledObject": DATA / "crd-schemas" / "scaledobject.json",
     "KafkaTopic": DATA / "crd-schemas" / "kafkatopic.json",
+    "TriggerAuthentication": DATA / "crd-schemas" / "triggerauthentication.json",
 }
 
 
@@ -140,6 +141,31 @@ def test_triton_asks_for_a_gpu_and_scales_on_queue_time() -> None:
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     hpa = docs[("HorizontalPodAutoscaler", "triton")]["spec"]
     assert "queue" in hpa["metrics"][0]["pods"]["metric"]["name"]
+
+
+def test_prod_talks_to_kafka_over_tls_with_sasl_and_secrets_only_from_secrets() -> None:
+    docs = _kustomize("prod")
+    [settings] = [
+        d for d in docs if d["kind"] == "ConfigMap" and "settings" in d["metadata"]["name"]
+    ]
+    assert settings["data"]["RAGSTREAM_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert settings["data"]["RAGSTREAM_BOOTSTRAP_SERVERS"].endswith(":9093")
+    assert not any("PASSWORD" in key for key in settings["data"])
+    settings_name = settings["metadata"]["name"]
+    stages = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] != "triton"]
+    assert len(stages) == len(STAGES)
+    for deployment in stages:
+        pod = deployment["spec"]["template"]["spec"]
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        password = env["RAGSTREAM_KAFKA_SASL_PASSWORD"]
+        assert "value" not in password and password["valueFrom"]["secretKeyRef"]["key"]
+        ca = settings["data"]["RAGSTREAM_KAFKA_SSL_CA_FILE"]
+        mounts = [m["mountPath"] for m in pod["containers"][0]["volumeMounts"]]
+        assert any(ca.startswith(m) for m in mounts), deployment["metadata"]["name"]
+    for scaled in (d for d in docs if d["kind"] == "ScaledObject"):
+        assert all(t["authenticationRef"]["name"] for t in scaled["spec"]["triggers"])
+    [dev] = [d for d in _kustomize("dev") if d["metadata"]["name"] == settings_name]
+    assert "RAGSTREAM_KAFKA_SECURITY_PROTOCOL" not in dev["data"]  # dev: the plaintext default
 
 
 def test_k8s_settings_are_real_settings() -> None:
