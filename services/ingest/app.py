@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from pydantic import JsonValue
 
-from contracts.registry import TOPICS
+from contracts.registry import TOPICS, TopicSpec
 from contracts.v1 import (
     AcceptedDocumentV1,
     AcceptedQueryV1,
@@ -25,6 +26,7 @@ from contracts.v1 import (
 )
 from contracts.v1.envelope import utc_now
 from services.ingest.acceptance import prepare_document, prepare_question
+from services.ingest.headers import header_contradiction
 from services.ingest.normalise import Rejection
 from services.ingest.rate_limits import TenantRateLimits
 from services.ingest.versions import DocumentVersions
@@ -73,6 +75,21 @@ async def _turn_away(
     )
 
 
+async def _lying_headers(
+    broker: KafkaBroker,
+    message: KafkaMessage,
+    spec: TopicSpec,
+    event: Envelope,
+    started: datetime,
+) -> bool:
+    reason = header_contradiction(message.headers, spec, event)
+    if reason is None:
+        return False
+    reason = f"event {event.event_id} of tenant {event.tenant_id}: {reason}"
+    await _turn_away(broker, message, event, started, "rejected", reason)
+    return True
+
+
 async def _over_rate(
     broker: KafkaBroker,
     message: KafkaMessage,
@@ -100,6 +117,8 @@ async def ingest_document(
 ) -> None:
     """Accept an upsert as a new version, drop an unchanged re-publish, propagate a delete."""
     started = utc_now()
+    if await _lying_headers(broker, message, TOPICS.documents, event, started):
+        return
     if await _over_rate(broker, message, event, ingest, started):
         return
     common = {**derived_from(event, STAGE), "doc_id": event.doc_id}
@@ -114,7 +133,8 @@ async def ingest_document(
         await publish_lineage(broker, lineage_record(STAGE, event, "ok", started, [removed]))
         return
 
-    prepared = prepare_document(event, ingest.settings)
+    # Parsing a large HTML document takes seconds: off the loop, the consumer keeps heartbeating.
+    prepared = await asyncio.to_thread(prepare_document, event, ingest.settings)
     if isinstance(prepared, Rejection):
         await _turn_away(broker, message, event, started, "rejected", prepared.reason)
         return
@@ -153,6 +173,8 @@ async def ingest_query(
 ) -> None:
     """Accept a question in normalised form, or turn it away with a reason."""
     started = utc_now()
+    if await _lying_headers(broker, message, TOPICS.queries, event, started):
+        return
     if await _over_rate(broker, message, event, ingest, started):
         return
     prepared = prepare_question(event, ingest.settings)

@@ -52,7 +52,7 @@ class BatchValidation:
 
     async def dead_letter_invalid(self, broker: Any, stage: str) -> None:
         for record, error in self.invalid:
-            kind, reason = classify(record.value, error)
+            kind, reason = classify(record.value, error, record.headers)
             await publish_dead_letter(broker, dead_letter_for(record, stage, kind, reason))
 
 

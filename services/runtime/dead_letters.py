@@ -14,6 +14,7 @@ import json
 import logging
 import re
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import ConsumerRecord
@@ -48,7 +49,23 @@ _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
 _NOT_RETRIED = (ValidationError, UnicodeDecodeError, json.JSONDecodeError, RecursionError)
 
 
-def classify(value: bytes | None, error: BaseException) -> tuple[DeadLetterKind, str]:
+def _header_problem(headers: Iterable[tuple[str, bytes | None]]) -> str | None:
+    """A reason when a header's value is absent or not UTF-8 (the consumer cannot parse it)."""
+    for name, raw in headers:
+        if raw is None:
+            return f"header {name!r} has no value; headers must be UTF-8 strings"
+        try:
+            raw.decode("utf-8", errors="strict")
+        except UnicodeDecodeError as exc:
+            return f"header {name!r} is not UTF-8: byte {raw[exc.start]:#04x} at {exc.start}"
+    return None
+
+
+def classify(
+    value: bytes | None,
+    error: BaseException,
+    headers: Iterable[tuple[str, bytes | None]] | None = None,
+) -> tuple[DeadLetterKind, str]:
     """Why a record could not be handled, as (kind, readable reason)."""
     try:
         text = (value or b"").decode("utf-8", errors="strict")
@@ -60,6 +77,8 @@ def classify(value: bytes | None, error: BaseException) -> tuple[DeadLetterKind,
         return "invalid_json", "value is JSON nested too deeply to decode"
     except json.JSONDecodeError as exc:
         return "invalid_json", f"value is not JSON: {exc.msg} at line {exc.lineno} col {exc.colno}"
+    except ValueError as exc:  # valid syntax this decoder refuses: an integer of 5,000 digits
+        return "invalid_json", f"value is JSON this stage cannot decode: {exc}"[:500]
     if isinstance(payload, dict):
         version = payload.get("schema_version")
         if version is not None and not (
@@ -75,6 +94,8 @@ def classify(value: bytes | None, error: BaseException) -> tuple[DeadLetterKind,
             for e in error.errors(include_url=False)[:5]
         )
         return "schema_violation", f"{error.error_count()} schema violation(s): {problems}"
+    if problem := _header_problem(headers or ()):
+        return "not_utf8", problem
     return "handler_error", f"{type(error).__name__}: {error}"
 
 
@@ -84,9 +105,15 @@ def _headers(record: ConsumerRecord[Any, Any]) -> list[KafkaHeaderV1]:
     ]
 
 
+def _encodable(text: str) -> str:
+    """`text` with lone surrogates (from JSON escapes like "\\ud800") escaped: a dead letter
+    that cannot be serialised would stall its partition."""
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+
+
 def _readable(payload: Any, field: str) -> str | None:
     if isinstance(payload, dict) and isinstance(payload.get(field), str):
-        return str(payload[field])[:128]
+        return _encodable(str(payload[field])[:128])
     return None
 
 
@@ -115,7 +142,7 @@ def dead_letter_for(
         produced_by=produced_by(stage),
         stage=stage,
         error_kind=kind,
-        reason=reason,
+        reason=_encodable(reason),
         source_topic=record.topic,
         source_partition=record.partition,
         source_offset=record.offset,
@@ -237,7 +264,7 @@ class DeadLetterMiddleware(BaseMiddleware):
         tries = getattr(self, "_tries", 1) or 1
         span = getattr(self, "_span", trace.INVALID_SPAN)
         for record in records:
-            kind, reason = classify(record.value, exc_val)
+            kind, reason = classify(record.value, exc_val, record.headers)
             if kind == "handler_error":
                 logger.error("stage %s failed on an event", self.stage, exc_info=exc_val)
             with trace.use_span(span, end_on_exit=False):

@@ -10,9 +10,17 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from contracts.registry import TOPICS
-from contracts.v1 import ChunkSetV1, DeadLetterV1, DocumentUpsertV1, ProducedBy
+from contracts.v1 import ChunkSetV1, DeadLetterV1, DocumentUpsertV1, ProducedBy, QueryV1
+from services.runtime.publishing import event_bytes, event_headers
 from services.runtime.topic_reader import read_topic
-from tests.integration.conftest import StageProcesses, events_on, eventually, tenant_name
+from tests.integration.conftest import (
+    UPSTREAM,
+    StageProcesses,
+    events_on,
+    eventually,
+    publish_events,
+    tenant_name,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +118,206 @@ async def test_fifty_bad_events_go_to_the_dlq_and_fifty_good_ones_through(
     sets = await eventually(all_chunked, what="50 valid documents chunked")
     assert sorted(s.doc_id for s in sets) == sorted(d.doc_id for d in good)
     assert pipeline.alive("ingest") and pipeline.alive("chunk")
+
+
+# -- the hostile corpus: each kind beside valid traffic, each with its reason -------------
+
+Headers = list[tuple[str, bytes | None]]
+
+
+def _hostile_documents(tenant: str) -> dict[str, tuple[bytes, Headers, str, str]]:
+    """label → (value, headers, expected error kind, fragment of the reason)."""
+    good = json.loads(_valid(tenant, 0).model_dump_json())
+
+    def doc(**changes: Any) -> bytes:
+        return json.dumps({**good, "doc_id": "hostile.md", **changes}).encode()
+
+    return {
+        "nested-100k-arrays": (b"[" * 100_000 + b"]" * 100_000, [], "invalid_json",
+                               "nested too deeply"),
+        "nested-in-a-field": (doc()[:-1] + b', "metadata": ' + b"[" * 100_000
+                              + b"]" * 100_000 + b"}", [], "invalid_json", "nested too deeply"),
+        "integer-of-5000-digits": (doc()[:-1] + b', "title": ' + b"9" * 5_000 + b"}", [],
+                                   "invalid_json", "4300 digits"),
+        "raw-control-in-json": (doc(content="a").replace(b'"a"', b'"a\x01b"'), [],
+                                "invalid_json", "Invalid control character"),
+        "control-in-doc-id": (doc(doc_id="evil\u0007.md"), [], "schema_violation", "doc_id"),
+        "controls-only": (doc(content="\x00\x01\u200b\x1b\x7f\ufeff"), [], "rejected",
+                          "no text content"),
+        "lone-surrogate": (doc(correlation_id="c\ud800"), [], "schema_violation",
+                           "correlation_id"),
+        "html-deep-dom": (doc(content_type="text/html", content="<div>" * 150_000), [],
+                          "rejected", "nested deeper than 200 elements"),
+        "html-wide-empty": (doc(content_type="text/html", content="<p></p>" * 120_000), [],
+                            "rejected", "no text content"),
+        "tenant-uppercase": (doc(tenant_id="ACME"), [], "schema_violation", "tenant_id"),
+        "tenant-path": (doc(tenant_id="../other"), [], "schema_violation", "tenant_id"),
+        "tenant-empty": (doc(tenant_id=""), [], "schema_violation", "tenant_id"),
+        "header-forged-tenant": (doc(), [("content-type", b"application/json"),
+                                         ("ce_tenant", b"victim")], "rejected",
+                                 "header ce_tenant says 'victim'"),
+        "header-content-type": (doc(), [("content-type", b"application/avro")], "rejected",
+                                "header content-type says 'application/avro'"),
+        "header-schema-major": (doc(), [("ce_type", b"ragstream.documents.v2.document.upsert")],
+                                "rejected", "header ce_type says"),
+        "header-not-utf8": (doc(), [("ce_tenant", b"\xff\xfe")], "not_utf8",
+                            "header 'ce_tenant' is not UTF-8"),
+        "header-no-value": (doc(), [("ce_tenant", None)], "not_utf8", "has no value"),
+    }  # fmt: skip
+
+
+async def test_hostile_documents_get_a_reason_each_and_valid_ones_go_through(
+    pipeline: StageProcesses, producer: AIOKafkaProducer
+) -> None:
+    tenant = tenant_name("hostile")
+    marker = f"hostile-{uuid.uuid4().hex[:8]}"
+    hostile = _hostile_documents(tenant)
+    mixed = _valid(tenant, 1000).model_copy(
+        update={"doc_id": "controls.md", "content": "Leave\x00 is\x1b twenty\u200b days\x7f."}
+    )
+    valid = [_valid(tenant, n) for n in range(len(hostile))]
+    sends = []
+    for (label, (value, headers, _, _)), event in zip(hostile.items(), valid, strict=True):
+        key = f"{marker}/{label}".encode()
+        sends.append(await producer.send(TOPICS.documents.name, value, key=key, headers=headers))
+        sends.append(await producer.send(TOPICS.documents.name, event_bytes(event), key=b"ok"))
+    truthful = [(k, v.encode()) for k, v in event_headers(TOPICS.documents, mixed, "up").items()]
+    sends.append(
+        await producer.send(TOPICS.documents.name, event_bytes(mixed), key=b"ok", headers=truthful)
+    )
+    for send in sends:
+        await send
+
+    async def dead_letters() -> dict[str, DeadLetterV1] | None:
+        records = await read_topic(pipeline.bootstrap, TOPICS.dlq.name)
+        letters = (DeadLetterV1.model_validate_json(r.value) for r in records)
+        mine = {
+            (letter.source_key or "").split("/", 1)[1]: letter
+            for letter in letters
+            if (letter.source_key or "").startswith(f"{marker}/")
+        }
+        return mine if len(mine) >= len(hostile) else None
+
+    letters = await eventually(dead_letters, what=f"{len(hostile)} hostile documents in the DLQ")
+    for label, (value, _, kind, fragment) in hostile.items():
+        letter = letters[label]
+        assert (letter.stage, letter.error_kind) == ("ingest", kind), (label, letter.reason)
+        assert fragment in letter.reason, (label, letter.reason)
+        assert letter.original_value == value or letter.original_value_truncated
+    assert letters["header-forged-tenant"].tenant_id == tenant  # the payload's, not the claim
+
+    async def accepted() -> list[Any] | None:
+        events = await events_on(pipeline.bootstrap, TOPICS.documents_accepted, {tenant})
+        return events if len(events) >= len(valid) + 1 else None
+
+    events = await eventually(accepted, what="the valid documents accepted")
+    assert sorted(e.doc_id for e in events) == sorted([*(v.doc_id for v in valid), "controls.md"])
+    assert next(e for e in events if e.doc_id == "controls.md").text == "Leave is twenty days."
+    print(f"hostile documents: in {len(hostile) + len(valid) + 1}, DLQ {len(letters)}, "
+          f"accepted {len(events)}")  # fmt: skip
+    assert pipeline.alive("ingest")
+
+
+def _question(tenant: str, request_id: str, question: str) -> QueryV1:
+    return QueryV1(tenant_id=tenant, correlation_id=request_id, produced_by=UPSTREAM,
+                   request_id=request_id, question=question)  # fmt: skip
+
+
+async def test_oversize_and_hostile_questions_are_refused_beside_valid_ones(
+    pipeline: StageProcesses, producer: AIOKafkaProducer
+) -> None:
+    tenant = tenant_name("questions")
+    marker = f"q-{uuid.uuid4().hex[:8]}"
+    hostile = {
+        "over-4000-chars": (_question(tenant, f"{marker}-1", "why " * 1_500), "rejected",
+                            "has 5999 characters, over the 4000 limit"),
+        "900-kb": (_question(tenant, f"{marker}-2", "x" * 900_000), "rejected",
+                   "has 900000 characters, over the 4000 limit"),
+        "controls-only": (_question(tenant, f"{marker}-3", "\x00\x1b\u200b\x7f"), "rejected",
+                          "is empty"),
+    }  # fmt: skip
+    valid = [_question(tenant, f"ok-{n}", f"How many vacation days, take {n}?") for n in range(3)]
+    for label, (event, _, _) in hostile.items():
+        await producer.send(
+            TOPICS.queries.name, event_bytes(event), key=f"{marker}/{label}".encode()
+        )
+    forged = _question(tenant, f"{marker}-4", "What does the other tenant know?")
+    await producer.send(TOPICS.queries.name, event_bytes(forged), key=f"{marker}/forged".encode(),
+                        headers=[("ce_tenant", b"other-tenant")])  # fmt: skip
+    nested = b'{"question": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    await producer.send(TOPICS.queries.name, nested, key=f"{marker}/nested".encode())
+    await publish_events(producer, TOPICS.queries, valid)
+    expected = {label: (kind, fragment) for label, (_, kind, fragment) in hostile.items()}
+    expected |= {"forged": ("rejected", "header ce_tenant says 'other-tenant'"),
+                 "nested": ("invalid_json", "nested too deeply")}  # fmt: skip
+
+    async def dead_letters() -> dict[str, DeadLetterV1] | None:
+        records = await read_topic(pipeline.bootstrap, TOPICS.dlq.name)
+        letters = (DeadLetterV1.model_validate_json(r.value) for r in records)
+        mine = {
+            (letter.source_key or "").split("/", 1)[1]: letter
+            for letter in letters
+            if (letter.source_key or "").startswith(f"{marker}/")
+        }
+        return mine if len(mine) >= len(expected) else None
+
+    letters = await eventually(dead_letters, what="hostile questions in the DLQ")
+    for label, (kind, fragment) in expected.items():
+        assert letters[label].error_kind == kind and fragment in letters[label].reason, label
+
+    async def accepted() -> list[Any] | None:
+        events = await events_on(pipeline.bootstrap, TOPICS.queries_accepted, {tenant})
+        return events if len(events) >= len(valid) else None
+
+    events = await eventually(accepted, what="the valid questions accepted")
+    assert sorted(e.request_id for e in events) == ["ok-0", "ok-1", "ok-2"]
+    print(f"hostile questions: in {len(expected) + len(valid)}, DLQ {len(letters)}, "
+          f"accepted {len(events)}")  # fmt: skip
+    assert pipeline.alive("ingest")
+
+
+async def test_a_flood_from_one_tenant_is_rate_limited_and_starves_no_other(
+    pipeline: StageProcesses, producer: AIOKafkaProducer
+) -> None:
+    flood_tenant, calm_tenant = tenant_name("flood"), tenant_name("calm")
+    pipeline.stop_stage("ingest")
+    pipeline.restart("ingest", RAGSTREAM_TENANT_BURST="40", RAGSTREAM_TENANT_RATE_PER_SECOND="0.01")
+    try:
+        flood = [_valid(flood_tenant, n) for n in range(1_000)]
+        calm = [_valid(calm_tenant, n) for n in range(20)]
+        sends = []
+        for n, event in enumerate(flood):
+            sends.append(await producer.send(TOPICS.documents.name, event_bytes(event), key=b"f"))
+            if n % 50 == 25:
+                other = calm[n // 50]
+                sends.append(
+                    await producer.send(TOPICS.documents.name, event_bytes(other), key=b"c")
+                )
+        for send in sends:
+            await send
+
+        async def accounted() -> tuple[list[Any], list[Any], list[DeadLetterV1]] | None:
+            accepted = await events_on(
+                pipeline.bootstrap, TOPICS.documents_accepted, {flood_tenant, calm_tenant}
+            )
+            records = await read_topic(pipeline.bootstrap, TOPICS.dlq.name)
+            letters = [DeadLetterV1.model_validate_json(r.value) for r in records]
+            limited = [letter for letter in letters if letter.tenant_id == flood_tenant]
+            ok_flood = [e for e in accepted if e.tenant_id == flood_tenant]
+            ok_calm = [e for e in accepted if e.tenant_id == calm_tenant]
+            done = len(ok_flood) + len(limited) >= len(flood) and len(ok_calm) >= len(calm)
+            return (ok_flood, ok_calm, limited) if done else None
+
+        ok_flood, ok_calm, limited = await eventually(accounted, what="every flood event settled")
+    finally:
+        pipeline.stop_stage("ingest")
+        pipeline.restart("ingest")
+    assert len(ok_flood) + len(limited) == len(flood)
+    assert 40 <= len(ok_flood) < 100 and len(ok_calm) == len(calm)
+    assert {letter.error_kind for letter in limited} == {"rate_limited"}
+    assert all(
+        f"tenant {flood_tenant} is over its rate limit of 0.01 events/s (burst 40)" in letter.reason
+        for letter in limited
+    )
+    print(f"flood: in {len(flood) + len(calm)}, DLQ {len(limited)} (rate_limited), "
+          f"accepted {len(ok_flood)} flood + {len(ok_calm)} calm")  # fmt: skip
