@@ -78,7 +78,7 @@ async def test_thousand_documents_are_chunked_once_and_versioned(
         done = sum(isinstance(e, ChunkSetV1) for e in events)
         return events if done >= len(documents) else None
 
-    events = await eventually(all_chunked, what="1000 chunk sets")
+    events = await eventually(all_chunked, 300, "1000 chunk sets")
     elapsed = time.monotonic() - started
     chunks, sets = by_document(events)
     print(f"\n1000 documents, {sum(map(len, chunks.values()))} chunks in {elapsed:.1f} s "
@@ -111,7 +111,7 @@ async def test_thousand_documents_are_chunked_once_and_versioned(
         dropped = [r for r in records if r.correlation_id in again_ids and r.stage == "ingest"]
         return dropped if len(dropped) >= len(again) else None
 
-    dropped = await eventually(all_dropped, what="1000 unchanged documents dropped")
+    dropped = await eventually(all_dropped, 300, "1000 unchanged documents dropped")
     assert Counter(r.outcome for r in dropped) == {"duplicate": 1000}
 
     # A changed document is a new version with new chunks; a delete empties its chunk set.
