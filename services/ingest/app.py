@@ -30,6 +30,7 @@ from services.ingest.headers import header_contradiction
 from services.ingest.normalise import Rejection
 from services.ingest.rate_limits import TenantRateLimits
 from services.ingest.versions import DocumentVersions
+from services.runtime.answers import refusal_answer
 from services.runtime.broker import subscriber_options
 from services.runtime.dead_letters import reject_record
 from services.runtime.lineage import lineage_record, publish_lineage
@@ -41,6 +42,9 @@ STAGE = "ingest"
 router = KafkaRouter()
 accepted_documents = router.publisher(TOPICS.documents_accepted.name, title="documents-accepted")
 accepted_queries = router.publisher(TOPICS.queries_accepted.name, title="queries-accepted")
+answers = router.publisher(TOPICS.answers.name, title="answers")
+#: A refused question is quoted in its refusal up to this many characters.
+QUOTED_QUESTION_CHARS = 500
 
 
 @dataclass
@@ -70,8 +74,25 @@ async def _turn_away(
     reason: str,
 ) -> None:
     await reject_record(broker, message, STAGE, kind, reason)  # type: ignore[arg-type]
+    outputs: list[Envelope] = []
+    if isinstance(event, QueryV1):  # the asker gets a refusal now, not a timeout
+        question = event.question
+        if len(question) > QUOTED_QUESTION_CHARS:
+            question = question[:QUOTED_QUESTION_CHARS] + "…"
+        refusal = refusal_answer(
+            event,
+            STAGE,
+            request_id=event.request_id,
+            question=question,
+            reasons=[kind],
+            message=reason,
+            asked_at=event.produced_at,
+        )
+        await publish_event(answers, TOPICS.answers, refusal, STAGE)
+        outputs.append(refusal)
     await publish_lineage(
-        broker, lineage_record(STAGE, event, kind, started, details={"reason": reason})
+        broker,
+        lineage_record(STAGE, event, kind, started, outputs, details={"reason": reason}),
     )
 
 

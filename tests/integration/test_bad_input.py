@@ -10,7 +10,15 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from contracts.registry import TOPICS
-from contracts.v1 import ChunkSetV1, DeadLetterV1, DocumentUpsertV1, ProducedBy, QueryV1
+from contracts.v1 import (
+    AnswerV1,
+    ChunkSetV1,
+    DeadLetterV1,
+    DocumentUpsertV1,
+    ProducedBy,
+    QueryV1,
+    RefusalV1,
+)
 from services.runtime.publishing import event_bytes, event_headers
 from services.runtime.topic_reader import read_topic
 from tests.integration.conftest import (
@@ -264,6 +272,19 @@ async def test_oversize_and_hostile_questions_are_refused_beside_valid_ones(
     letters = await eventually(dead_letters, what="hostile questions in the DLQ")
     for label, (kind, fragment) in expected.items():
         assert letters[label].error_kind == kind and fragment in letters[label].reason, label
+
+    # A question turned away at ingest is answered at once with a refusal and its reason
+    # (the nested one has no request id to answer).
+    async def refusals() -> dict[str, AnswerV1] | None:
+        answers = await events_on(pipeline.bootstrap, TOPICS.answers, {tenant})
+        mine = {a.request_id: a for a in answers if a.request_id.startswith(marker)}
+        return mine if len(mine) >= 4 else None
+
+    refused = await eventually(refusals, what="refusals of the turned-away questions")
+    assert all(a.refusal and a.refusal.reasons == ["rejected"] for a in refused.values())
+    big = refused[f"{marker}-2"]
+    assert "over the 4000 limit" in (big.refusal or RefusalV1(reasons=["-"], message="")).message
+    assert len(big.question) <= 501  # quoted, not 900 kB again
 
     async def accepted() -> list[Any] | None:
         events = await events_on(pipeline.bootstrap, TOPICS.queries_accepted, {tenant})
