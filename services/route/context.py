@@ -1,5 +1,6 @@
 """Context selection: keep the sentences of the retrieved chunks that best support a question,
-until the tier's context budget is full, so the model reads little and cites precisely."""
+until the tier's context budget is full, so the model reads little and cites precisely.
+Paragraphs that address the model (prompt injections) are never selected."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 
 from contracts.v1 import ContextChunkV1
 from services.route.index import Hit
+from services.runtime.injection import without_injections
 from services.runtime.sentences import estimate_tokens, rank_sentences
 
 
@@ -28,8 +30,10 @@ def select_context(question: str, hits: Sequence[Hit], token_budget: int) -> lis
     in retrieval order, each chunk's sentences in document order.
 
     Sentences that share no word with the question are still taken from the best chunk when
-    nothing else matches (the question may be phrased in other words than the text)."""
-    texts = [str(hit.payload.get("text", "")) for hit in hits]
+    nothing else matches (the question may be phrased in other words than the text).
+    A chunk's injection paragraphs are left out first: what a document says to the model is
+    never shown to it, nor quoted as an answer."""
+    texts = [without_injections(str(hit.payload.get("text", "")))[0] for hit in hits]
     ranked = rank_sentences(question, texts)
     useful = [s for s in ranked if s.score > 0] or [s for s in ranked if s.passage == 0]
     chosen: dict[int, list[tuple[int, str]]] = {}

@@ -1,9 +1,9 @@
 """The checks a generation must pass before it becomes an answer: validate's pure decision.
 
 `validate_generation` parses the model's raw JSON and runs, in order, schema, citations,
-grounded, pii, max_length and banned_phrases. A schema failure ends it (nothing else can be
-read); otherwise every check is reported, passed or not, so lineage shows the whole verdict and a
-corrective retry can be told everything that was wrong at once.
+grounded, pii, max_length, banned_phrases and injection. A schema failure ends it (nothing
+else can be read); otherwise every check is reported, passed or not, so lineage shows the whole
+verdict and a corrective retry can be told everything that was wrong at once.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contracts.v1.answers import ContextChunkV1
+from services.runtime.injection import answer_injection_problems
 from services.runtime.sentences import content_terms, split_sentences, supported_share
 from services.validate.exceptions import AnswerSchemaError
 from services.validate.pii import PiiMatch, leaked_pii
@@ -50,7 +51,7 @@ class ParsedAnswer:
 class CheckResult:
     """One check's verdict; `detail` says why it failed, naming the offending value."""
 
-    name: str  # "schema", "citations", "grounded", "pii", "max_length", "banned_phrases"
+    name: str  # "schema", "citations", "grounded", "pii", "max_length", "banned_phrases", …
     passed: bool
     detail: str = ""
     score: float | None = None
@@ -201,6 +202,14 @@ def _check_banned(answer: str, phrases: Sequence[str]) -> CheckResult:
     return CheckResult("banned_phrases", False, f"answer contains banned phrase(s) {named}")
 
 
+def _check_injection(answer: str, cited_texts: Sequence[str]) -> CheckResult:
+    """An answer that obeyed an injection: it leaks the prompt, links out, or gives orders."""
+    problems = answer_injection_problems(answer, cited_texts)
+    if not problems:
+        return CheckResult("injection", True)
+    return CheckResult("injection", False, "the answer looks injected: " + "; ".join(problems))
+
+
 def _cited_texts(citations: list[str], context: Sequence[ContextChunkV1]) -> list[str]:
     """What each cited chunk says, its title and headings included: the model was shown them."""
     cited = set(citations)
@@ -232,5 +241,6 @@ def validate_generation(
         _check_pii(parsed.answer, cited_texts),
         _check_length(parsed.answer, rules.max_answer_chars),
         _check_banned(parsed.answer, rules.banned_phrases),
+        _check_injection(parsed.answer, cited_texts),
     ]
     return ValidationOutcome(parsed, checks)

@@ -71,6 +71,7 @@ def test_grounded_answer_with_real_citation_passes_every_check() -> None:
         "pii",
         "max_length",
         "banned_phrases",
+        "injection",
     ]
     assert outcome.parsed == ParsedAnswer(
         "Full-time employees get 25 days of annual leave per year.", [LEAVE], 0.9
