@@ -7,7 +7,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from bs4 import BeautifulSoup, NavigableString, Tag
+from bs4 import BeautifulSoup, Comment, NavigableString, PageElement, Tag
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\ufeff]")
 _TRAILING_SPACE = re.compile(r"[ \t\u00a0]+\n")
@@ -84,11 +84,33 @@ def _render(node: Tag, out: list[str]) -> None:
             _render(child, out)
 
 
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
+
+
+def _hidden(node: PageElement) -> bool:
+    """What a reader of the page never sees: comments, and elements hidden by attribute or
+    inline style. Indexing it would make invisible text searchable and citable (a place to
+    hide instructions for a model, or facts a reader cannot check)."""
+    if isinstance(node, Comment):
+        return True
+    if not isinstance(node, Tag):
+        return False
+    style = str(node.get("style") or "")
+    return (
+        node.has_attr("hidden")
+        or str(node.get("aria-hidden", "")).lower() == "true"
+        or bool(_HIDDEN_STYLE.search(style))
+    )
+
+
 def html_to_markdown(html: str) -> str | Rejection:
-    """Turn HTML into Markdown that keeps its structure: headings, paragraphs, lists, code."""
+    """Turn the visible part of HTML into Markdown that keeps its structure: headings,
+    paragraphs, lists, code (comments and hidden elements dropped)."""
     soup = BeautifulSoup(html, "html.parser")
     if not _depth_ok(soup):
         return Rejection(f"HTML is nested deeper than {MAX_HTML_DEPTH} elements")
+    for node in [n for n in soup.descendants if _hidden(n)]:
+        node.extract()
     out: list[str] = []
     _render(soup, out)
     return normalise_text("".join(out))

@@ -116,7 +116,10 @@ async def _on_failure(
         request_id=generation.request_id,
         question=generation.question,
         reasons=["validation_failed", *failed],
-        message="No answer passed validation: " + "; ".join(failures),
+        # Names the failed checks only: their details quote the rejected model output, which
+        # must not reach the user (it may echo a prompt); they stay in the lineage record.
+        message=f"No answer passed validation (failed checks: {', '.join(failed)}); the "
+        f"details are in `ragstream audit show {generation.request_id}`.",
         asked_at=generation.asked_at,
         tier=generation.tier,
         input_tokens=generation.input_tokens,

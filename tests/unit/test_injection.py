@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,13 +127,20 @@ def test_the_attack_set_is_large_varied_and_sourced() -> None:
         assert record["kind"] == "direct" or record["question"], record
 
 
+def _dropped_at_ingest(record: dict[str, Any], text: str) -> bool:
+    """Attacks hidden in HTML comments or hidden elements never reach the index: ingest keeps
+    only what a reader sees (`services.ingest.normalise`)."""
+    return record.get("format") == "html" and record["canary"] not in text
+
+
 def test_the_detector_blocks_every_kind_of_attack() -> None:
     blocked: Counter[str] = Counter()
     total: Counter[str] = Counter()
     missed = []
     for record in attacks():
         total[record["kind"]] += 1
-        if injection_kind(as_ingested(record)) is not None:
+        text = as_ingested(record)
+        if _dropped_at_ingest(record, text) or injection_kind(text) is not None:
             blocked[record["kind"]] += 1
         else:
             missed.append(record["id"])
@@ -145,6 +153,8 @@ def test_cleaning_a_poisoned_document_removes_the_attack_and_keeps_the_facts() -
     leaked = []
     for record in (r for r in attacks() if r["kind"] == "indirect"):
         text = as_ingested(record)
+        if _dropped_at_ingest(record, text):
+            continue
         kept, found = without_injections(text)
         assert found, record["id"]
         if record["canary"] in kept or injection_kind(kept) is not None:
