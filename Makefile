@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test lint typecheck unit integration clean
+.PHONY: install run test lint typecheck unit integration clean bench
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -42,5 +42,18 @@ test: lint typecheck
 unit: install
 	$(BIN)/python -m pytest -ra tests/unit
 
+# The peers (Quix Streams, ...) in their own venv: quixstreams pins an older confluent-kafka.
+BENCH_STAMP := .venv-bench/.installed-stamp
+$(BENCH_STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet --upgrade pip
+	.venv-bench/bin/pip install --quiet torch==2.13.0
+	.venv-bench/bin/pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+# Not part of `make test`: every benchmark in one run (BENCH_ARGS=--quick for small sizes).
+bench: install $(BENCH_STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) .ragstream .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-bench .ragstream .pytest_cache .mypy_cache .ruff_cache .hypothesis

