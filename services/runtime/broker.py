@@ -51,6 +51,13 @@ def consumer_group(stage: str, spec: TopicSpec) -> str:
     return f"ragstream.{stage}.{spec.short_name}"
 
 
+#: How long the broker may hold a fetch that finds nothing new. Tansu answers when this runs
+#: out, not when a record arrives, so it is the latency of every hop when a consumer is idle
+#: (aiokafka's default, 500 ms, cost ~250 ms a hop: bench/README.md). Idle consumers then ask
+#: 40 times a second each, a few percent of one core for the whole pipeline.
+FETCH_MAX_WAIT_MS = 25
+
+
 def subscriber_options(stage: str, spec: TopicSpec) -> dict[str, Any]:
     """At-least-once: commit after the handler (and its publishes) finished; on an error that
     escapes the dead-letter middleware, seek back so the event is consumed again."""
@@ -58,6 +65,7 @@ def subscriber_options(stage: str, spec: TopicSpec) -> dict[str, Any]:
         "group_id": consumer_group(stage, spec),
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "auto_offset_reset": "earliest",
+        "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
         "listener": OwnedPartitions(stage),
     }
 

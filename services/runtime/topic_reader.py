@@ -14,6 +14,9 @@ from services.runtime.kafka_security import aiokafka_security, librdkafka_securi
 from services.runtime.settings import RuntimeSettings
 
 FETCH_WAIT_MS = 200
+#: A tail (e.g. `ragstream ask` waiting for its answer) is idle until the record comes, and
+#: Tansu holds an idle fetch this long: it is the tail's added latency (see broker.py).
+TAIL_FETCH_MAX_WAIT_MS = 25
 
 
 async def _assigned_consumer(
@@ -103,7 +106,10 @@ class TopicTail:
 
     async def __aenter__(self) -> TopicTail:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False, group_id=None
+            bootstrap_servers=self.bootstrap_servers,
+            enable_auto_commit=False,
+            group_id=None,
+            fetch_max_wait_ms=TAIL_FETCH_MAX_WAIT_MS,
         )
         await consumer.start()
         counts = await asyncio.to_thread(partition_counts, self.bootstrap_servers)
