@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test lint typecheck unit integration clean bench
+.PHONY: install run test lint typecheck unit integration clean bench soak
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ test: lint typecheck
 
 unit: install
 	$(BIN)/python -m pytest -ra tests/unit
+
+# Before a release (not in `make test`): the fault scenarios with 1,000 questions in flight
+# instead of 200, and the scaling tests, printing each scenario's counts.
+soak: install
+	RAGSTREAM_SOAK_QUESTIONS=1000 $(BIN)/python -m pytest -ra -s \
+	  tests/integration/test_faults.py tests/integration/test_scaling.py
 
 # The peers (Quix Streams, ...) in their own venv: quixstreams pins an older confluent-kafka.
 BENCH_STAMP := .venv-bench/.installed-stamp
