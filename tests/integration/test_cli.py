@@ -34,6 +34,13 @@ def ragstream(
     )  # fmt: skip
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """`up` gets SIGINT as from a terminal even when the test run itself was started in the
+    background (`cmd &`), whose children inherit SIGINT ignored: Python then never raises
+    KeyboardInterrupt, and the Ctrl-C test would wait for nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def running(
     tmp_path_factory: pytest.TempPathFactory,
@@ -44,6 +51,7 @@ def running(
     up = subprocess.Popen(
         [sys.executable, "-m", "services.cli.main", "up", "--broker-port", "0"],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )  # fmt: skip
     deadline = time.monotonic() + 400  # the first Triton start converts the LLM
     status: dict[str, Any] = {}
