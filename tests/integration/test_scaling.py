@@ -210,6 +210,15 @@ async def vector_counts(bootstrap: str, tenant: str) -> Counter[str]:
     )
 
 
+async def vector_event_ids(bootstrap: str, tenant: str) -> int:
+    """Distinct event ids among the tenant's vector records."""
+    records = await read_topic(bootstrap, TOPICS.chunk_vectors.name)
+    events = (TOPICS.chunk_vectors.adapter.validate_json(r.value) for r in records)
+    return len(
+        {e.event_id for e in events if isinstance(e, ChunkVectorV1) and e.tenant_id == tenant}
+    )
+
+
 async def all_embedded(bootstrap: str, tenant: str, chunks: list[ChunkV1]) -> Counter[str]:
     wanted = {c.chunk_id for c in chunks}
 
@@ -327,13 +336,13 @@ async def test_serve_workers_split_partitions_and_survive_a_kill(embed: Embed) -
         victim_log, survivor_log = embed.logs_of(victim), embed.logs_of(survivor)
         await stable_split(bootstrap, [victim_log, survivor_log], 2)
         tenant = tenant_name("kill")
-        chunks = [chunk(tenant, i) for i in range(300)]
-        await publish_events(producer, TOPICS.chunks, chunks[:200])
+        chunks = [chunk(tenant, i) for i in range(1000)]  # issue 9: 1,000 chunks in flight
+        await publish_events(producer, TOPICS.chunks, chunks[:700])
         await eventually(lambda: _at_least(bootstrap, tenant, 40), 120, "first vectors of the run")
         victim.kill()
         victim.wait()
         at_kill = committed(bootstrap)
-        await publish_events(producer, TOPICS.chunks, chunks[200:])
+        await publish_events(producer, TOPICS.chunks, chunks[700:])
         await stable_split(bootstrap, [survivor_log], 1)  # the survivor owns every partition
         counts = await all_embedded(bootstrap, tenant, chunks)
         assert survivor.poll() is None
@@ -344,6 +353,13 @@ async def test_serve_workers_split_partitions_and_survive_a_kill(embed: Embed) -
     duplicated = {cid for cid, n in counts.items() if n > 1}
     in_flight = {cid for cid, (p, off) in where.items() if off >= max(at_kill[p], 0)}
     assert duplicated <= in_flight, sorted(duplicated - in_flight)[:5]
+    # A repeat is the same event again (deterministic id), never a second, different vector event.
+    assert await vector_event_ids(bootstrap, tenant) == len(chunks)
+    print(
+        f"\nfaults: kill -9 embed: chunks={len(chunks)}, embedded={len(counts)}, "
+        f"records={sum(counts.values())}, repeated={sum(counts.values()) - len(counts)}, "
+        f"in_flight_at_kill={len(in_flight)}, lost={len(chunks) - len(counts)}"
+    )
     ends = await high_watermarks(bootstrap, TOPICS.chunks.name)
     await eventually(
         lambda: asyncio.to_thread(lambda: committed(bootstrap) == ends), 30, "all committed"
