@@ -24,6 +24,7 @@ from inference.repository import (
     prepare_python_backend,
     render_model_repository,
 )
+from services.runtime.children import die_with_parent
 
 MODELS = ("embedder", "generator")
 _LOG_TAIL_LINES = 40
@@ -121,6 +122,8 @@ class TritonServer:
                 stderr=subprocess.STDOUT,
                 env=self._environment(install.library_dir),
                 start_new_session=True,  # its own process group: stop() reaches the stubs too
+                # A parent killed with SIGKILL cannot stop it: the kernel sends it SIGTERM.
+                preexec_fn=die_with_parent,
             )
         try:
             self._wait_until_ready()
