@@ -13,7 +13,12 @@ from opentelemetry.trace import Span
 from pydantic import ValidationError
 
 from contracts.registry import TopicSpec
-from services.runtime.dead_letters import classify, dead_letter_for, publish_dead_letter
+from services.runtime.dead_letters import (
+    classify,
+    dead_letter_for,
+    header_problem,
+    publish_dead_letter,
+)
 from services.runtime.tracing import event_span, shared_span, trace_context_of
 
 T = TypeVar("T")
@@ -62,6 +67,9 @@ def validate_batch(message: StreamMessage[Any], spec: TopicSpec) -> BatchValidat
     records = message.raw_message if batched else (message.raw_message,)
     result = BatchValidation(spec)
     for record in records:
+        if problem := header_problem(record.headers or ()):  # see broker.batch_parser
+            result.invalid.append((record, ValueError(problem)))
+            continue
         try:
             event = spec.adapter.validate_json(record.value or b"")
         except (ValidationError, ValueError, RecursionError) as exc:

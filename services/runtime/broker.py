@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiokafka import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from faststream.message import StreamMessage
 
 from contracts.registry import TopicSpec
-from services.runtime.dead_letters import DeadLetterMiddleware
+from services.runtime.dead_letters import DeadLetterMiddleware, header_problem
 from services.runtime.kafka_security import faststream_security
 from services.runtime.metrics import (
     ConsumedEventsMiddleware,
@@ -38,12 +41,33 @@ def make_broker(settings: RuntimeSettings, stage: str, **kwargs: Any) -> KafkaBr
             DeadLetterMiddleware.for_stage(stage, attempts=settings.handler_attempts),
         ],
         decoder=strict_json_decoder,
+        parser=batch_parser,
         security=faststream_security(settings),
         logger=logging.getLogger(f"ragstream.{stage}"),
         # A dead letter carries its original base64-encoded (4/3 larger) plus its metadata.
         max_request_size=MAX_REQUEST_BYTES,
         **kwargs,
     )
+
+
+async def batch_parser(
+    message: ConsumerRecord[Any, Any] | tuple[ConsumerRecord[Any, Any], ...],
+    original: Callable[[Any], Awaitable[StreamMessage[Any]]],
+) -> StreamMessage[Any]:
+    """FastStream's parser, except that in a batch a header that is absent or not UTF-8 no
+    longer fails the whole batch: the batch is parsed with such headers blanked, its raw
+    records kept as they came, and `validate_batch` dead-letters the record that has one
+    (`not_utf8`) while its neighbours go on. A single record's parse error already reaches
+    the dead-letter middleware as that record's own."""
+    if not isinstance(message, tuple) or not any(header_problem(r.headers or ()) for r in message):
+        return await original(message)
+    blanked = tuple(
+        dataclasses.replace(r, headers=[] if header_problem(r.headers or ()) else r.headers)
+        for r in message
+    )
+    parsed = await original(blanked)
+    parsed.raw_message = message
+    return parsed
 
 
 def consumer_group(stage: str, spec: TopicSpec) -> str:

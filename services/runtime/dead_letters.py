@@ -49,7 +49,7 @@ _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
 _NOT_RETRIED = (ValidationError, UnicodeDecodeError, json.JSONDecodeError, RecursionError)
 
 
-def _header_problem(headers: Iterable[tuple[str, bytes | None]]) -> str | None:
+def header_problem(headers: Iterable[tuple[str, bytes | None]]) -> str | None:
     """A reason when a header's value is absent or not UTF-8 (the consumer cannot parse it)."""
     for name, raw in headers:
         if raw is None:
@@ -94,7 +94,7 @@ def classify(
             for e in error.errors(include_url=False)[:5]
         )
         return "schema_violation", f"{error.error_count()} schema violation(s): {problems}"
-    if problem := _header_problem(headers or ()):
+    if problem := header_problem(headers or ()):
         return "not_utf8", problem
     return "handler_error", f"{type(error).__name__}: {error}"
 

@@ -29,6 +29,7 @@ from tests.integration.conftest import (
     publish_events,
     tenant_name,
 )
+from tests.integration.test_scaling import chunk
 
 pytestmark = pytest.mark.integration
 
@@ -342,3 +343,43 @@ async def test_a_flood_from_one_tenant_is_rate_limited_and_starves_no_other(
     )
     print(f"flood: in {len(flood) + len(calm)}, DLQ {len(limited)} (rate_limited), "
           f"accepted {len(ok_flood)} flood + {len(ok_calm)} calm")  # fmt: skip
+
+
+async def test_a_header_that_is_not_utf8_costs_a_batch_stage_only_its_own_record(
+    pipeline: StageProcesses, producer: AIOKafkaProducer
+) -> None:
+    """embed takes chunks in batches: one record with a broken header beside good ones is
+    dead-lettered alone (`not_utf8`, by embed) and its neighbours are embedded."""
+    tenant = tenant_name("batch-header")
+    chunks = [chunk(tenant, n) for n in range(6)]
+    broken = chunks[2]
+    sends = []
+    for event in chunks:
+        headers = [("ce_tenant", b"\xff\xfe")] if event is broken else []
+        sends.append(
+            await producer.send(
+                TOPICS.chunks.name, event_bytes(event), key=b"same-batch", headers=headers
+            )
+        )
+    for send in sends:
+        await send
+
+    async def settled() -> tuple[list[Any], list[DeadLetterV1]] | None:
+        vectors = await events_on(pipeline.bootstrap, TOPICS.chunk_vectors, {tenant})
+        letters = [
+            letter
+            for letter in await events_on(pipeline.bootstrap, TOPICS.dlq, {tenant})
+            if isinstance(letter, DeadLetterV1)
+        ]
+        return (vectors, letters) if len(vectors) + len(letters) >= len(chunks) else None
+
+    vectors, letters = await eventually(settled, what="every chunk embedded or dead-lettered")
+    assert sorted(v.chunk.chunk_id for v in vectors) == sorted(
+        c.chunk_id for c in chunks if c is not broken
+    )
+    [letter] = letters
+    assert (letter.stage, letter.error_kind) == ("embed", "not_utf8"), letter.reason
+    assert "header 'ce_tenant' is not UTF-8" in letter.reason
+    assert letter.original_value == event_bytes(broken)
+    print(f"batch header: in {len(chunks)}, DLQ {len(letters)}, embedded {len(vectors)}")
+    assert pipeline.alive("embed")
