@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -225,3 +226,62 @@ def test_prometheus_scrapes_every_stage() -> None:
         for n in sd["names"]
     }
     assert names == set(STAGES)
+
+
+SECURE_COMPOSE = REPO / "compose" / "compose.secure.yaml"
+
+
+def _merged(base: Any, over: Any) -> Any:
+    """`docker compose -f base -f over`'s merge, as far as these files use it: mappings
+    merge key by key, sequences (volumes) are appended, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {k: _merged(base[k], v) if k in base else v for k, v in {**base, **over}.items()}
+    if isinstance(base, list) and isinstance(over, list):
+        return [*base, *over]
+    return over
+
+
+def test_secure_compose_talks_to_kafka_over_tls_with_sasl_and_secrets_only_from_env(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = SECURE_COMPOSE.read_text()
+    secure = yaml.safe_load(text)
+    schema = json.loads((DATA / "compose-spec.json").read_text())
+    jsonschema.Draft201909Validator(schema).validate(secure)
+    merged = _merged(compose, secure)
+    kafka = merged["services"]["kafka"]["environment"]
+    protocols = dict(p.split(":") for p in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert {name for name, protocol in protocols.items() if protocol != "SASL_SSL"} == {
+        "CONTROLLER"
+    }
+    advertised = {a.split("://")[0] for a in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")}
+    assert advertised and all(protocols[name] == "SASL_SSL" for name in advertised)
+    assert kafka["KAFKA_INTER_BROKER_LISTENER_NAME"] == "SASL_SSL"
+    # No password in the file: each is interpolated from the environment (and required), or
+    # printed from it at probe time (the healthcheck's "%s").
+    assert 'password="${' in text and not re.search(r'password="(?!\$\{|%s")', text)
+    assert not re.search(r"PASSWORD: (?!\$\{\w+:\?)", text)
+
+    clients = [
+        name
+        for name, service in compose["services"].items()
+        if service["image"].startswith("ragstream:") and "triton" not in name
+    ]
+    assert set(STAGES) | {"topics"} <= set(clients)
+    known = _env_names()
+    for name in clients:
+        service = merged["services"][name]
+        env = service["environment"]
+        assert set(env) - set(compose["services"][name]["environment"]) <= known
+        assert env["RAGSTREAM_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", name
+        assert env["RAGSTREAM_KAFKA_SASL_PASSWORD"].startswith("${RAGSTREAM_KAFKA_SASL_PASSWORD:?")
+        ca_file = env["RAGSTREAM_KAFKA_SSL_CA_FILE"]
+        assert any(v.split(":")[1] == ca_file for v in service["volumes"]), name
+        # The settings a stage reads from that environment are valid (with the password
+        # compose interpolates) and keep the password out of their repr.
+        for key, value in env.items():
+            monkeypatch.setenv(key, str(value))
+        monkeypatch.setenv("RAGSTREAM_KAFKA_SASL_PASSWORD", "from-the-secret-store")
+        settings = settings_module.RuntimeSettings()
+        assert settings.kafka_security_protocol == "SASL_SSL"
+        assert "from-the-secret-store" not in repr(settings)
