@@ -3,6 +3,10 @@
 >>> store = AuditStore(tmp / "audit.duckdb")  # doctest: +SKIP
 >>> store.write(records, answers)  # one transaction; idempotent on event_id
 >>> store.lineage(request_id)  # that request's records in causal order
+>>> store.costs(by="model", tenant="acme")  # every query takes an optional tenant
+
+With a tenant, a query reads only that tenant's rows: the filter is in the SQL (a bound
+parameter), so another tenant's request id reads exactly like an unknown one.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ CREATE TABLE IF NOT EXISTS answers (
     input_tokens BIGINT, output_tokens BIGINT, cost_usd DOUBLE, latency_ms DOUBLE);
 ALTER TABLE answers ADD COLUMN IF NOT EXISTS question VARCHAR;
 """
+#: A query's tenant scope: every row when $tenant is NULL, else only that tenant's.
+_OF_TENANT = "($tenant IS NULL OR tenant_id = $tenant)"
 _LINEAGE_COLUMNS = (
     "event_id, schema_version, tenant_id, correlation_id, causation_id, producer, "
     "producer_version, produced_at, stage, input_event_id, output_event_ids, outcome, "
@@ -207,28 +213,42 @@ class AuditStore:
         row = self._db.execute(f"SELECT count(*) FROM {table}").fetchone()
         return int(row[0]) if row else 0
 
-    def correlations_of(self, request_or_correlation_id: str) -> list[str]:
+    def correlations_of(
+        self, request_or_correlation_id: str, tenant: str | None = None
+    ) -> list[str]:
         rows = self._db.execute(
-            "SELECT DISTINCT correlation_id FROM answers WHERE request_id = $id OR event_id = $id",
-            {"id": request_or_correlation_id},
+            "SELECT DISTINCT correlation_id FROM answers "
+            f"WHERE (request_id = $id OR event_id = $id) AND {_OF_TENANT}",
+            {"id": request_or_correlation_id, "tenant": tenant},
         ).fetchall()
         return sorted({request_or_correlation_id, *(r[0] for r in rows)})
 
-    def lineage(self, request_or_correlation_id: str) -> list[LineageRecordV1]:
+    def lineage(
+        self, request_or_correlation_id: str, tenant: str | None = None
+    ) -> list[LineageRecordV1]:
         """The records of a request (by request id or correlation id), in causal order."""
         rows = self._db.execute(
-            f"SELECT {_LINEAGE_COLUMNS} FROM lineage WHERE list_contains($ids, correlation_id)",
-            {"ids": self.correlations_of(request_or_correlation_id)},
+            f"SELECT {_LINEAGE_COLUMNS} FROM lineage "
+            f"WHERE list_contains($ids, correlation_id) AND {_OF_TENANT}",
+            {"ids": self.correlations_of(request_or_correlation_id, tenant), "tenant": tenant},
         ).fetchall()
         return causal_order([_record(row) for row in rows])
 
-    def answer(self, request_or_correlation_id: str) -> StoredAnswer | None:
-        """The latest answer of a request (by request id or correlation id)."""
-        row = self._db.execute(
-            f"SELECT {_ANSWER_COLUMNS} FROM answers WHERE request_id = $id OR correlation_id = $id"
-            " ORDER BY produced_at DESC LIMIT 1",
-            {"id": request_or_correlation_id},
+    def _latest_answer(
+        self, columns: str, request_or_correlation_id: str, tenant: str | None
+    ) -> tuple[Any, ...] | None:
+        """Those columns of a request's latest answer (by request id or correlation id)."""
+        return self._db.execute(
+            f"SELECT {columns} FROM answers WHERE (request_id = $id OR correlation_id = $id) "
+            f"AND {_OF_TENANT} ORDER BY produced_at DESC LIMIT 1",
+            {"id": request_or_correlation_id, "tenant": tenant},
         ).fetchone()
+
+    def answer(
+        self, request_or_correlation_id: str, tenant: str | None = None
+    ) -> StoredAnswer | None:
+        """The latest answer of a request (by request id or correlation id)."""
+        row = self._latest_answer(_ANSWER_COLUMNS, request_or_correlation_id, tenant)
         if row is None:
             return None
         values = dict(zip(_ANSWER_COLUMNS.split(", "), row, strict=True))
@@ -237,14 +257,15 @@ class AuditStore:
         values["refusal_reasons"] = list(values["refusal_reasons"] or [])
         return StoredAnswer(**values)
 
-    def costs(self, by: CostKey = "tenant") -> list[dict[str, Any]]:
+    def costs(self, by: CostKey = "tenant", tenant: str | None = None) -> list[dict[str, Any]]:
         """Generations, input/output tokens and cost summed per tenant, model, model version,
         prompt version, canary arm or UTC day."""
         rows = self._db.execute(
             f"SELECT CAST({_COST_GROUPS[by]} AS VARCHAR) AS key, count(*), "
             "coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), "
             "coalesce(sum(cost_usd), 0.0) FROM lineage WHERE stage = 'generate' "
-            "GROUP BY key ORDER BY key"
+            f"AND {_OF_TENANT} GROUP BY key ORDER BY key",
+            {"tenant": tenant},
         ).fetchall()
         return [
             {by: key, "generations": n, "input_tokens": int(i), "output_tokens": int(o),
@@ -252,42 +273,44 @@ class AuditStore:
             for key, n, i, o, c in rows
         ]  # fmt: skip
 
-    def costs_by_tenant_day(self) -> list[dict[str, Any]]:
+    def costs_by_tenant_day(self, tenant: str | None = None) -> list[dict[str, Any]]:
         """Generations, tokens and cost per tenant per UTC day, the latest day first."""
         rows = self._db.execute(
             "SELECT tenant_id, CAST(CAST(started_at AS DATE) AS VARCHAR) AS day, count(*), "
             "coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), "
             "coalesce(sum(cost_usd), 0.0) FROM lineage WHERE stage = 'generate' "
-            "GROUP BY tenant_id, day ORDER BY day DESC, tenant_id"
+            f"AND {_OF_TENANT} GROUP BY tenant_id, day ORDER BY day DESC, tenant_id",
+            {"tenant": tenant},
         ).fetchall()
         return [
-            {"day": day, "tenant": tenant, "generations": n, "input_tokens": int(i),
+            {"day": day, "tenant": tenant_id, "generations": n, "input_tokens": int(i),
              "output_tokens": int(o), "cost_usd": float(c)}
-            for tenant, day, n, i, o, c in rows
+            for tenant_id, day, n, i, o, c in rows
         ]  # fmt: skip
 
-    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+    def recent(self, limit: int = 50, tenant: str | None = None) -> list[dict[str, Any]]:
         """The latest answered (or refused) requests, newest first: outcome, tier, cache,
         tokens and cost (summed from generate's records, as `lineage` shows them), latency."""
         rows = self._db.execute(
-            """
+            f"""
             WITH latest AS (
-                SELECT * FROM answers
-                QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY produced_at DESC) = 1
+                SELECT * FROM answers WHERE {_OF_TENANT}
+                QUALIFY row_number() OVER (
+                    PARTITION BY tenant_id, request_id ORDER BY produced_at DESC) = 1
                 ORDER BY produced_at DESC LIMIT $limit),
             spent AS (
-                SELECT correlation_id, sum(input_tokens) AS tokens_in,
+                SELECT correlation_id, tenant_id, sum(input_tokens) AS tokens_in,
                        sum(output_tokens) AS tokens_out, sum(cost_usd) AS cost
-                FROM lineage WHERE stage = 'generate'
+                FROM lineage WHERE stage = 'generate' AND {_OF_TENANT}
                   AND correlation_id IN (SELECT correlation_id FROM latest)
-                GROUP BY correlation_id)
+                GROUP BY correlation_id, tenant_id)
             SELECT l.request_id, l.tenant_id, l.produced_at, l.question, l.answer IS NOT NULL,
                    l.refusal_reasons, l.tier, l.cache_hit, coalesce(s.tokens_in, 0),
                    coalesce(s.tokens_out, 0), coalesce(s.cost, 0.0), l.latency_ms
-            FROM latest l LEFT JOIN spent s USING (correlation_id)
+            FROM latest l LEFT JOIN spent s USING (correlation_id, tenant_id)
             ORDER BY l.produced_at DESC, l.request_id
             """,
-            {"limit": max(0, limit)},
+            {"limit": max(0, limit), "tenant": tenant},
         ).fetchall()
         return [
             {"request_id": request_id, "tenant": tenant, "answered_at": utc(at).isoformat(),
@@ -299,44 +322,42 @@ class AuditStore:
             in rows
         ]  # fmt: skip
 
-    def question_of(self, request_or_correlation_id: str) -> tuple[str, str | None] | None:
+    def question_of(
+        self, request_or_correlation_id: str, tenant: str | None = None
+    ) -> tuple[str, str | None] | None:
         """(tenant, question) of a request from its latest answer; the question is None for
         answers stored before the store kept questions. None when no answer is stored."""
-        row = self._db.execute(
-            "SELECT tenant_id, question FROM answers WHERE request_id = $id OR "
-            "correlation_id = $id ORDER BY produced_at DESC LIMIT 1",
-            {"id": request_or_correlation_id},
-        ).fetchone()
+        row = self._latest_answer("tenant_id, question", request_or_correlation_id, tenant)
         return None if row is None else (row[0], row[1])
 
-    def citations_of(self, request_or_correlation_id: str) -> list[dict[str, Any]]:
+    def citations_of(
+        self, request_or_correlation_id: str, tenant: str | None = None
+    ) -> list[dict[str, Any]]:
         """The citations (chunk id, document id, source, title, headings) of the latest answer."""
-        row = self._db.execute(
-            "SELECT citations FROM answers WHERE request_id = $id OR correlation_id = $id "
-            "ORDER BY produced_at DESC LIMIT 1",
-            {"id": request_or_correlation_id},
-        ).fetchone()
+        row = self._latest_answer("citations", request_or_correlation_id, tenant)
         return list(json.loads(row[0])) if row and row[0] else []
 
-    def latency(self, stage: str | None = None) -> list[dict[str, Any]]:
+    def latency(self, stage: str | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
         """p50/p95/p99/max of each stage's handling time (ms), and end to end per request
         (`end_to_end.query`: first started → last finished of a correlation with an answer)
         and per document upload (`end_to_end.document`)."""
         rows = self._db.execute(
-            """
-            WITH spans AS (
+            f"""
+            WITH scoped AS (SELECT * FROM lineage WHERE {_OF_TENANT}),
+            spans AS (
                 SELECT stage, date_diff('microsecond', started_at, finished_at) / 1000.0 AS ms
-                FROM lineage
+                FROM scoped
                 UNION ALL
-                SELECT CASE WHEN correlation_id IN (SELECT correlation_id FROM answers)
+                SELECT CASE WHEN correlation_id IN
+                                 (SELECT correlation_id FROM answers WHERE {_OF_TENANT})
                             THEN 'end_to_end.query' ELSE 'end_to_end.document' END,
                        date_diff('microsecond', min(started_at), max(finished_at)) / 1000.0
-                FROM lineage GROUP BY correlation_id)
+                FROM scoped GROUP BY correlation_id)
             SELECT stage, count(*), quantile_cont(ms, 0.5), quantile_cont(ms, 0.95),
                    quantile_cont(ms, 0.99), max(ms)
             FROM spans WHERE $stage IS NULL OR stage = $stage GROUP BY stage
             """,
-            {"stage": stage},
+            {"stage": stage, "tenant": tenant},
         ).fetchall()
         result = [
             {"stage": s, "count": n, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "max_ms": top}
@@ -344,16 +365,27 @@ class AuditStore:
         ]
         return sorted(result, key=lambda row: _stage_rank(row["stage"]))
 
-    def export(self, path: Path, fmt: ExportFormat, table: ExportTable = "lineage") -> int:
-        """Write a table to Parquet or JSON lines with DuckDB's COPY; returns the row count."""
+    def export(
+        self,
+        path: Path,
+        fmt: ExportFormat,
+        table: ExportTable = "lineage",
+        tenant: str | None = None,
+    ) -> int:
+        """Write a table (or one tenant's rows of it) to Parquet or JSON lines with DuckDB's
+        COPY; returns the number of rows written."""
         if table not in ("lineage", "answers"):
             raise ValueError(f"unknown audit table {table!r}; use lineage or answers")
         options = {"parquet": "FORMAT parquet", "jsonl": "FORMAT json"}[fmt]
         path.parent.mkdir(parents=True, exist_ok=True)
         target = str(path).replace("'", "''")
         order = "started_at" if table == "lineage" else "produced_at"
-        self._db.execute(f"COPY (SELECT * FROM {table} ORDER BY {order}) TO '{target}' ({options})")
-        return self.count(table)
+        written = self._db.execute(
+            f"COPY (SELECT * FROM {table} WHERE {_OF_TENANT} ORDER BY {order}) "
+            f"TO '{target}' ({options})",
+            {"tenant": tenant},
+        ).fetchone()
+        return int(written[0]) if written else 0
 
 
 def _file_state(path: Path) -> tuple[int, int] | None:

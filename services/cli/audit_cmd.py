@@ -1,5 +1,6 @@
 """`ragstream audit show / costs / latency / tail / export / dashboard`: the analysts' view of
-the audit store (read while the audit stage writes it) and of the live audit topic."""
+the audit store (read while the audit stage writes it) and of the live audit topic, for every
+tenant or, with `--tenant` or RAGSTREAM_AUDIT_TENANT, for one."""
 
 from __future__ import annotations
 
@@ -37,16 +38,39 @@ audit_app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
+TenantFlag = Annotated[
+    str | None,
+    typer.Option(
+        "--tenant",
+        help="Only this tenant's records (default: every tenant, or RAGSTREAM_AUDIT_TENANT's "
+        "when set; no other tenant is allowed then).",
+    ),
+]
+
+
+def audit_scope(settings: RuntimeSettings, requested: str | None) -> str | None:
+    """The tenant an audit command reads (None: every tenant): `--tenant`, else the tenant
+    RAGSTREAM_AUDIT_TENANT pins the deployment to; another tenant than the pinned one is a
+    usage error (exit 2), never a silent switch."""
+    pinned = settings.audit_tenant or None
+    if pinned is not None and requested is not None and requested != pinned:
+        raise typer.BadParameter(
+            f"{requested!r}: this deployment is pinned to tenant {pinned!r} by "
+            f"RAGSTREAM_AUDIT_TENANT; leave --tenant out or use --tenant {pinned}",
+            param_hint="--tenant",
+        )
+    return requested if requested is not None else pinned
 
 
 def duration_ms(record: LineageRecordV1) -> float:
     return round((record.finished_at - record.started_at).total_seconds() * 1000, 2)
 
 
-def request_report(store: AuditStore, request_id: str) -> dict[str, Any]:
-    """One request's lineage (causal order), with its totals and final answer, as JSON."""
-    records = store.lineage(request_id)
-    answer = store.answer(request_id)
+def request_report(store: AuditStore, request_id: str, tenant: str | None = None) -> dict[str, Any]:
+    """One request's lineage (causal order), with its totals and final answer, as JSON; with
+    a tenant, another tenant's request reads like an unknown one."""
+    records = store.lineage(request_id, tenant)
+    answer = store.answer(request_id, tenant)
     generations = [r for r in records if r.stage == "generate"]
 
     def total(key: str) -> float:
@@ -126,12 +150,15 @@ def _print_rows(rows: list[dict[str, Any]], title: str, as_json: bool) -> None:
 @audit_app.command("show")
 def audit_show(
     request_id: Annotated[str, typer.Argument(help="Request id (or correlation id).")],
+    tenant: TenantFlag = None,
     as_json: JsonFlag = False,
 ) -> None:
     """One request's lineage in causal order: stage, outcome, time, decisions, tokens, cost,
-    then the final answer. Exits 1 when the store has no record of it."""
-    with _open(RuntimeSettings()) as store:
-        report = request_report(store, request_id)
+    then the final answer. Exits 1 when the store has no record of it (for the tenant)."""
+    settings = RuntimeSettings()
+    scope = audit_scope(settings, tenant)
+    with _open(settings) as store:
+        report = request_report(store, request_id, scope)
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -148,6 +175,7 @@ def audit_costs(
             "arm (stable or canary) or day (UTC)."
         ),
     ] = "tenant",
+    tenant: TenantFlag = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Generations, input/output tokens and cost in USD, summed from generate's records.
@@ -156,8 +184,10 @@ def audit_costs(
     if by not in get_args(CostKey):
         raise typer.BadParameter(f"--by {by!r}: use one of {', '.join(get_args(CostKey))}")
     key: CostKey = by  # type: ignore[assignment]
-    with _open(RuntimeSettings()) as store:
-        rows = store.costs(key)
+    settings = RuntimeSettings()
+    scope = audit_scope(settings, tenant)
+    with _open(settings) as store:
+        rows = store.costs(key, scope)
     _print_rows(rows, f"costs by {by}", as_json)
 
 
@@ -166,11 +196,14 @@ def audit_latency(
     stage: Annotated[
         str | None, typer.Option(help="Only this stage (or end_to_end.query/.document).")
     ] = None,
+    tenant: TenantFlag = None,
     as_json: JsonFlag = False,
 ) -> None:
     """p50/p95/p99/max handling time per stage, and end to end per request and document."""
-    with _open(RuntimeSettings()) as store:
-        rows = store.latency(stage)
+    settings = RuntimeSettings()
+    scope = audit_scope(settings, tenant)
+    with _open(settings) as store:
+        rows = store.latency(stage, scope)
     _print_rows(rows, "latency (ms)", as_json)
 
 
@@ -179,14 +212,18 @@ def audit_export(
     out_path: Annotated[Path, typer.Option("--out", help="File to write.")],
     fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
     table: Annotated[str, typer.Option(help="lineage or answers.")] = "lineage",
+    tenant: TenantFlag = None,
 ) -> None:
-    """Write the lineage (or answers) table to Parquet or JSON lines for other tools."""
+    """Write the lineage (or answers) table, or one tenant's rows of it, to Parquet or JSON
+    lines for other tools."""
     if fmt not in ("parquet", "jsonl") or table not in ("lineage", "answers"):
         raise typer.BadParameter("use --format parquet|jsonl and --table lineage|answers")
     chosen_fmt: ExportFormat = fmt  # type: ignore[assignment]
     chosen_table: ExportTable = table  # type: ignore[assignment]
-    with _open(RuntimeSettings()) as store:
-        count = store.export(out_path, chosen_fmt, chosen_table)
+    settings = RuntimeSettings()
+    scope = audit_scope(settings, tenant)
+    with _open(settings) as store:
+        count = store.export(out_path, chosen_fmt, chosen_table, scope)
     err.print(f"wrote {count} {table} rows to {out_path}")
 
 
@@ -222,7 +259,7 @@ async def tail_audit(
 
 @audit_app.command("tail")
 def audit_tail(
-    tenant: Annotated[str | None, typer.Option(help="Only this tenant's records.")] = None,
+    tenant: TenantFlag = None,
     seconds: Annotated[
         float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C).")
     ] = None,
@@ -231,8 +268,10 @@ def audit_tail(
     """Follow the audit topic live: one line (or JSON object) per lineage record."""
     from services.runtime.runstate import resolve_bootstrap
 
+    settings = RuntimeSettings()
+    scope = audit_scope(settings, tenant)
     try:
-        asyncio.run(tail_audit(resolve_bootstrap(RuntimeSettings()), tenant, as_json, seconds, out))
+        asyncio.run(tail_audit(resolve_bootstrap(settings), scope, as_json, seconds, out))
     except KeyboardInterrupt:
         pass
 
@@ -243,10 +282,15 @@ def audit_dashboard(
     host: Annotated[
         str, typer.Option(help="Address to bind; 0.0.0.0 for every one.")
     ] = "127.0.0.1",
+    tenant: TenantFlag = None,
 ) -> None:
     """Serve a read-only web page for analysts: recent requests (outcome, tier, tokens,
     latency), one request's lineage, cost per tenant per day, latency percentiles per stage;
-    and the same as JSON under /api/. Works while the audit stage writes; Ctrl-C stops."""
+    and the same as JSON under /api/. Every page and endpoint holds only --tenant's (or
+    RAGSTREAM_AUDIT_TENANT's) records when given. Works while the audit stage writes; Ctrl-C
+    stops."""
     from services.cli.dashboard_cmd import serve_dashboard
 
-    raise typer.Exit(serve_dashboard(audit_db_path(RuntimeSettings().data_dir), host, port))
+    settings = RuntimeSettings()
+    scope = audit_scope(settings, tenant)
+    raise typer.Exit(serve_dashboard(audit_db_path(settings.data_dir), host, port, scope))

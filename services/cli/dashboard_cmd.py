@@ -1,6 +1,7 @@
 """`ragstream audit dashboard`: the audit store over HTTP for analysts, read-only: the
 dashboard page and its JSON API, each request reading the store (a copy while the audit stage
-writes it)."""
+writes it). A server scoped to a tenant serves only that tenant's records on every page and
+endpoint; another tenant's request id answers like an unknown one."""
 
 from __future__ import annotations
 
@@ -24,17 +25,18 @@ MAX_LIMIT = 500
 
 
 class DashboardServer(ThreadingHTTPServer):
-    """An HTTP server over one audit store file.
+    """An HTTP server over one audit store file, for every tenant or for one.
 
-    >>> server = DashboardServer(("127.0.0.1", 0), audit_db_path(data_dir))  # doctest: +SKIP
+    >>> server = DashboardServer(("127.0.0.1", 0), db_path, "acme")  # doctest: +SKIP
     >>> server.serve_forever()  # doctest: +SKIP
     """
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], db_path: Path) -> None:
+    def __init__(self, address: tuple[str, int], db_path: Path, tenant: str | None = None) -> None:
         super().__init__(address, DashboardHandler)
         self.db_path = db_path
+        self.tenant = tenant
 
     @property
     def url(self) -> str:
@@ -42,13 +44,15 @@ class DashboardServer(ThreadingHTTPServer):
         return f"http://{host!s}:{port}/"
 
 
-def full_report(store: AuditStore, request_id: str) -> dict[str, Any] | None:
+def full_report(
+    store: AuditStore, request_id: str, tenant: str | None = None
+) -> dict[str, Any] | None:
     """`audit show`'s report with the answer's citations; None when the store has neither
-    records nor an answer of the request."""
-    report = request_report(store, request_id)
+    records nor an answer of the request (of that tenant, with one)."""
+    report = request_report(store, request_id, tenant)
     if not report["records"] and report["answer"] is None:
         return None
-    return report | {"citations": store.citations_of(request_id)}
+    return report | {"citations": store.citations_of(request_id, tenant)}
 
 
 def _limit(query: dict[str, list[str]]) -> int:
@@ -80,16 +84,17 @@ class DashboardHandler(BaseHTTPRequestHandler):
     def _route(
         self, store: AuditStore, path: str, query: dict[str, list[str]]
     ) -> tuple[HTTPStatus, str, str]:
+        tenant = self.server.tenant
         if path == "/":
             return *self._overview(store, query), "text/html"
         if path == "/api/recent":
-            return self._json(store.recent(_limit(query)))
+            return self._json(store.recent(_limit(query), tenant))
         if path == "/api/costs":
-            return self._json(store.costs_by_tenant_day())
+            return self._json(store.costs_by_tenant_day(tenant))
         if path == "/api/latency":
-            return self._json(store.latency())
+            return self._json(store.latency(tenant=tenant))
         if path.startswith("/api/requests/"):
-            report = full_report(store, unquote(path.removeprefix("/api/requests/")))
+            report = full_report(store, unquote(path.removeprefix("/api/requests/")), tenant)
             if report is None:
                 return (
                     HTTPStatus.NOT_FOUND,
@@ -101,14 +106,15 @@ class DashboardHandler(BaseHTTPRequestHandler):
         return HTTPStatus.NOT_FOUND, page, "text/html"
 
     def _overview(self, store: AuditStore, query: dict[str, list[str]]) -> tuple[HTTPStatus, str]:
-        recent = store.recent(_limit(query))
+        tenant = self.server.tenant
+        recent = store.recent(_limit(query), tenant)
         wanted = query.get("request", [""])[0] or (recent[0]["request_id"] if recent else "")
-        selected = full_report(store, wanted) if wanted else None
+        selected = full_report(store, wanted, tenant) if wanted else None
         if wanted and selected is None:
             message = f"The audit store has no request {wanted}."
             page = message_page("Unknown request", message, _now(), self._source())
             return HTTPStatus.NOT_FOUND, page
-        costs, latency = store.costs_by_tenant_day(), store.latency()
+        costs, latency = store.costs_by_tenant_day(tenant), store.latency(tenant=tenant)
         page = overview_page(recent, selected, costs, latency, _now(), self._source())
         return HTTPStatus.OK, page
 
@@ -116,7 +122,8 @@ class DashboardHandler(BaseHTTPRequestHandler):
         return HTTPStatus.OK, json.dumps(value, indent=2, default=str), "application/json"
 
     def _source(self) -> str:
-        return str(self.server.db_path)
+        tenant = self.server.tenant
+        return str(self.server.db_path) + ("" if tenant is None else f" · tenant {tenant}")
 
     def _send(self, status: HTTPStatus, body: str, kind: str) -> None:
         data = body.encode()
@@ -135,10 +142,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def serve_dashboard(db_path: Path, host: str, port: int) -> int:
-    """Serve until Ctrl-C; prints the URL first (port 0: any free port). Returns 0."""
-    server = DashboardServer((host, port), db_path)
-    print(f"audit dashboard at {server.url} (read-only; Ctrl-C stops)", flush=True)
+def serve_dashboard(db_path: Path, host: str, port: int, tenant: str | None = None) -> int:
+    """Serve until Ctrl-C (only `tenant`'s records, when given); prints the URL first (port 0:
+    any free port). Returns 0."""
+    server = DashboardServer((host, port), db_path, tenant)
+    scope = "every tenant" if tenant is None else f"tenant {tenant} only"
+    print(f"audit dashboard at {server.url} (read-only, {scope}; Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -308,6 +308,10 @@ def replay(
         float,
         typer.Option(help="Seconds to wait for its answer, and as long again for its lineage."),
     ] = 120.0,
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="Only this tenant's requests (RAGSTREAM_AUDIT_TENANT pins it)."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Re-run a request from the audit store and diff the two lineages: "why did the answer
@@ -322,14 +326,23 @@ def replay(
     Exit 0 when diffed, 2 when the answer or its lineage did not come in time, 1 when it cannot
     be replayed (unknown request, no question stored, no broker). JSON fields: request_id,
     replay_request_id, tenant_id, question, options, before, after, differences."""
+    from services.cli.audit_cmd import audit_scope
     from services.cli.replay_cmd import replay_command
     from services.runtime.tracing import traced_process
 
     bootstrap = _bootstrap()
     settings = _settings()
+    scope = audit_scope(settings, tenant)
     with traced_process("cli", settings):
         code = replay_command(
-            request_id, timeout, as_json, bootstrap, settings.data_dir, out=out, err=err
+            request_id,
+            timeout,
+            as_json,
+            bootstrap,
+            settings.data_dir,
+            out=out,
+            err=err,
+            tenant=scope,
         )
     raise typer.Exit(code)
 

@@ -85,17 +85,21 @@ def _answer_facts(answer: StoredAnswer | None, citations: list[dict[str, Any]]) 
     )
 
 
-def stored_lineage(store: AuditStore, request_id: str) -> RequestLineage:
-    """A request's records and answer as the audit store holds them now."""
-    answer = store.answer(request_id)
-    facts = None if answer is None else _answer_facts(answer, store.citations_of(request_id))
-    return RequestLineage(store.lineage(request_id), facts)
+def stored_lineage(store: AuditStore, request_id: str, tenant: str | None = None) -> RequestLineage:
+    """A request's records and answer as the audit store holds them now (of `tenant` only)."""
+    answer = store.answer(request_id, tenant)
+    facts = (
+        None if answer is None else _answer_facts(answer, store.citations_of(request_id, tenant))
+    )
+    return RequestLineage(store.lineage(request_id, tenant), facts)
 
 
-def load_original(store: AuditStore, request_id: str) -> OriginalRequest:
-    asked = store.question_of(request_id)
+def load_original(store: AuditStore, request_id: str, tenant: str | None = None) -> OriginalRequest:
+    """The request to replay; with `tenant`, another tenant's request reads as unknown."""
+    asked = store.question_of(request_id, tenant)
     if asked is None:
-        known = "has lineage records but no answer" if store.lineage(request_id) else "has no"
+        records = store.lineage(request_id, tenant)
+        known = "has lineage records but no answer" if records else "has no"
         raise ReplayNotPossibleError(
             f"the audit store {known} for request {request_id}: replay needs the question, "
             "which the store keeps with the answer; check the id with `ragstream audit show`"
@@ -106,7 +110,7 @@ def load_original(store: AuditStore, request_id: str) -> OriginalRequest:
             f"request {request_id} was stored before the audit store kept questions; ask it "
             f'again with `ragstream ask "…" --tenant {tenant}`'
         )
-    lineage = stored_lineage(store, request_id)
+    lineage = stored_lineage(store, request_id, tenant)
     answered_by = lineage.answer.tier if lineage.answer is not None else None
     options = replay_options(list(lineage.records), answered_by)
     return OriginalRequest(request_id, tenant, question, options, lineage)
@@ -201,16 +205,18 @@ def replay_command(
     data_dir: Path,
     out: Console | None = None,
     err: Console | None = None,
+    tenant: str | None = None,
 ) -> int:
-    """`ragstream replay`: 0 when the replay's lineage is in the audit store and diffed, 2 when
-    its answer did not come within `timeout` seconds (or its lineage within as long again),
-    1 when it could not be replayed (unknown request, no question stored, no broker or store)."""
+    """`ragstream replay` (of `tenant`'s requests only, when given): 0 when the replay's
+    lineage is in the audit store and diffed, 2 when its answer did not come within `timeout`
+    seconds (or its lineage within as long again), 1 when it could not be replayed (unknown
+    request, no question stored, no broker or store)."""
     out = out or Console()
     err = err or Console(stderr=True)
     path = audit_db_path(data_dir)
     try:
         with open_for_reading(path) as store:
-            original = load_original(store, request_id)
+            original = load_original(store, request_id, tenant)
     except (AuditStoreError, ReplayNotPossibleError) as exc:
         err.print(Text(str(exc), style="red"))
         return EXIT_UNAVAILABLE

@@ -24,6 +24,13 @@ class RuntimeSettings(BaseSettings):
     data_dir: Path = Field(
         default=Path(".ragstream"), description="Vector, audit and state stores."
     )
+    audit_tenant: str = Field(
+        default="",
+        description="Pins `ragstream audit …` and the audit dashboard to this tenant (an "
+        "analyst's deployment for one tenant): they read only its rows and refuse any other "
+        "--tenant. Empty: every tenant, --tenant filters. The DuckDB file and the audit topic "
+        "stay readable whole to whoever can open them (file permissions, Kafka ACLs).",
+    )
     triton_url: str = Field(
         default="", description="Use this Triton server instead of starting one."
     )
