@@ -59,6 +59,8 @@ $(BENCH_STAMP): pyproject.toml Makefile
 
 # Not part of `make test`: every benchmark in one run (BENCH_ARGS=--quick for small sizes).
 bench: install $(BENCH_STAMP)
+	@# bench/run.py's own extra (matplotlib, psutil) into the project's venv.
+	$(BIN)/pip install --quiet -e '.[bench-run]'
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:

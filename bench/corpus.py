@@ -78,7 +78,7 @@ def make_corpus(documents: int, seed: int = 8) -> list[SiteDocument]:
     return corpus
 
 
-_ASKS = {
+ASKS = {
     "leave": "How many days of paid leave do full-time staff at the {site} site receive?",
     "remote": "How many days a week may employees at {site} work remotely?",
     "desks": "How many desks does the {site} office have?",
@@ -90,11 +90,10 @@ _ASKS = {
 def make_questions(corpus: list[SiteDocument], count: int, seed: int = 8) -> list[BenchQuestion]:
     """`count` distinct factual questions (one fact of one site each), seeded."""
     rng = random.Random(seed + 1)
-    pairs = [(document, fact) for document in corpus for fact in _ASKS]
+    pairs = [(document, fact) for document in corpus for fact in ASKS]
     if count > len(pairs):
         raise ValueError(f"at most {len(pairs)} questions for {len(corpus)} documents")
     chosen = rng.sample(pairs, count)
     return [
-        BenchQuestion(_ASKS[fact].format(site=d.site), d.doc_id, d.facts[fact])
-        for d, fact in chosen
+        BenchQuestion(ASKS[fact].format(site=d.site), d.doc_id, d.facts[fact]) for d, fact in chosen
     ]

