@@ -46,7 +46,9 @@ unit: install
 # instead of 200, and the scaling tests, printing each scenario's counts.
 soak: install
 	RAGSTREAM_SOAK_QUESTIONS=1000 $(BIN)/python -m pytest -ra -s \
-	  tests/integration/test_faults.py tests/integration/test_scaling.py
+	  tests/integration/test_faults.py tests/integration/test_scaling.py \
+	  tests/integration/test_group_faults.py tests/integration/test_triton_faults.py \
+	  tests/integration/test_store_faults.py
 
 # The peers (Quix Streams, ...) in their own venv: quixstreams pins an older confluent-kafka.
 BENCH_STAMP := .venv-bench/.installed-stamp

@@ -89,6 +89,11 @@ class TritonServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """tritonserver's process id while one was started (what a fault test signals)."""
+        return None if self._process is None else self._process.pid
+
     def start(self) -> TritonServer:
         """Start tritonserver and return once every model is ready; raises TritonStartError."""
         if self.running:
@@ -192,6 +197,12 @@ class TritonServer:
         except ProcessLookupError:
             pass
         process.wait()
+
+    def restart(self) -> TritonServer:
+        """Stop what is left (a crashed server too), then start again on the same ports, so
+        clients that hold its URLs reconnect; returns once every model is ready again."""
+        self.stop()
+        return self.start()
 
     def wait(self) -> int:
         """Block until tritonserver exits; return its exit code."""

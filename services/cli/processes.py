@@ -18,6 +18,7 @@ from rich.table import Table
 
 from services.cli.supervisor import Supervisor, SupervisorGaveUp, child_env, stage_command
 from services.runtime.embedded_broker import EmbeddedBroker, free_port
+from services.runtime.exceptions import StoppedWhileStarting
 from services.runtime.kafka_admin import ensure_topics, wait_for_broker
 from services.runtime.runstate import clear_state, read_state, write_state
 from services.runtime.settings import RuntimeSettings
@@ -203,7 +204,10 @@ def run_serve(stage: str, workers: int, settings: RuntimeSettings) -> int:
         async def _unmark() -> None:
             marker.unlink(missing_ok=True)
 
-    asyncio.run(app.run())
+    try:
+        asyncio.run(app.run())
+    except StoppedWhileStarting as stopped:
+        logging.getLogger(f"ragstream.{stage}").info("%s; nothing was consumed", stopped)
     return 0
 
 

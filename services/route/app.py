@@ -300,11 +300,8 @@ def create_app(settings: RouteSettings | None = None) -> FastStream:
         publishers = (generation_requests, answers, alerts)
         resources = RouteResources(settings, index, cache, ledger, budget_alerts, *publishers)
 
-        async def qdrant() -> bool:
-            return await index.client.collection_exists(settings.qdrant_collection)
-
         try:
-            yield {"route": resources, READINESS: {"qdrant": qdrant}}
+            yield {"route": resources, READINESS: {"qdrant": index.reachable}}
         finally:
             await index.close()
 

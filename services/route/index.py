@@ -10,6 +10,7 @@ from typing import Any
 from qdrant_client import AsyncQdrantClient, models
 
 from contracts.v1 import ChunkSetV1, ChunkVectorV1
+from services.route.patient_qdrant import patient
 
 VECTOR_SIZE = 384
 TENANT_FIELD = "tenant_id"
@@ -55,17 +56,20 @@ class VectorIndex:
         self.path = path
         self.collection = collection
         self._client: AsyncQdrantClient | None = None
+        self._plain: AsyncQdrantClient | None = None
 
     async def warm_up(self) -> None:
-        """Open the store and create the collection and tenant index if missing (idempotent)."""
+        """Open the store and create the collection and tenant index if missing (idempotent).
+        A server that is unreachable is waited for (`patient_qdrant`), however long."""
         if self._client is not None:
             return
         if self.url:
-            client = AsyncQdrantClient(url=self.url)
+            self._plain = AsyncQdrantClient(url=self.url)
         else:
             assert self.path is not None
             self.path.mkdir(parents=True, exist_ok=True)
-            client = AsyncQdrantClient(path=str(self.path))
+            self._plain = AsyncQdrantClient(path=str(self.path))
+        client = patient(self._plain)
         if not await client.collection_exists(self.collection):
             await client.create_collection(
                 self.collection,
@@ -92,10 +96,14 @@ class VectorIndex:
             raise RuntimeError("VectorIndex used before warm_up()")
         return self._client
 
+    async def reachable(self) -> bool:
+        """Readiness: the store answers now and has the collection (never waits it out)."""
+        return self._plain is not None and await self._plain.collection_exists(self.collection)
+
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        plain, self._plain, self._client = self._plain, None, None
+        if plain is not None:
+            await plain.close()
 
     async def upsert(self, vectors: Sequence[ChunkVectorV1]) -> None:
         """Upsert by chunk id: writing the same chunk twice leaves one point."""

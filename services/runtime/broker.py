@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiokafka import ConsumerRecord
+import aiokafka.client
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.errors import IllegalStateError
+from aiokafka.protocol.metadata import MetadataRequest
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
@@ -113,3 +117,66 @@ def subscribe_batches(
         title=f"{stage}:{spec.short_name}",
         **subscriber_options(stage, spec),
     )(handler)
+
+
+#: How often a stage compares its consumers' positions with the ends of their partitions.
+LOG_END_CHECK_S = 1.0
+
+
+async def rewind_past_log_end(broker: KafkaBroker) -> None:
+    """Run while the stage runs: a consumer position past its partition's end goes back to
+    the partition's beginning, as `auto_offset_reset="earliest"` means.
+
+    Kafka answers a fetch past the log end with OFFSET_OUT_OF_RANGE and the client resets.
+    Tansu holds that fetch instead, so nothing would ever correct the position. It happens
+    when the embedded broker restarts empty (its topics live in memory): an offset from before
+    the restart, committed when an in-flight batch finished after it, would make the group skip
+    every record of the new log up to that offset."""
+    logger = logging.getLogger("ragstream.consumers")
+    while True:
+        await asyncio.sleep(LOG_END_CHECK_S)
+        for subscriber in broker.subscribers:
+            consumer = getattr(subscriber, "consumer", None)
+            if isinstance(consumer, AIOKafkaConsumer):
+                await _rewind_consumer(consumer, logger)
+
+
+async def _rewind_consumer(consumer: AIOKafkaConsumer, logger: logging.Logger) -> None:
+    for tp in consumer.assignment():
+        try:
+            # The high watermark of the last fetch response: the true end (unlike Tansu's
+            # ListOffsets); None until the partition was fetched since its assignment.
+            end = consumer.highwater(tp)
+            position = await asyncio.wait_for(consumer.position(tp), LOG_END_CHECK_S)
+            if end is None or position <= end:
+                continue
+            logger.warning(
+                "%s[%d]: position %d is past the partition's end %d (the broker lost its log: "
+                "an embedded broker restarted empty?); consuming it from the beginning",
+                tp.topic,
+                tp.partition,
+                position,
+                end,
+            )
+            await consumer.seek_to_beginning(tp)
+        except (IllegalStateError, AssertionError, TimeoutError):
+            continue  # rebalancing: the next round sees the new assignment
+
+
+class _MetadataRequestNoAutoCreate(MetadataRequest):
+    """A metadata request that never asks the broker to create the topics it names."""
+
+    def __init__(self, topics: list[str] | None = None, allow_auto_topic_creation: bool = False):
+        super().__init__(topics, allow_auto_topic_creation)
+
+
+def forbid_topic_auto_creation() -> None:
+    """Make this process's Kafka clients stop creating topics as a side effect of metadata.
+
+    aiokafka asks for auto-creation in every metadata refresh, and the broker then creates a
+    missing topic with its default partitions (4 in Tansu, `num.partitions` in Kafka), not the
+    registry's. After the embedded broker restarts empty, a stage's refresh would win that race
+    against `ensure_topics`: the topic gets 4 partitions, and records the stage's producers send
+    to the others (by their cached metadata) are never consumed. Topics are the registry's,
+    created with their partition counts by `ensure_topics` only (every stage does at start)."""
+    aiokafka.client.MetadataRequest = _MetadataRequestNoAutoCreate

@@ -15,3 +15,7 @@ class BrokerUnavailableError(RuntimeErrorBase):
 
 class TopicSetupError(RuntimeErrorBase):
     """Topics from the registry could not be created."""
+
+
+class StoppedWhileStarting(RuntimeErrorBase):
+    """A stage was asked to stop (SIGTERM, SIGINT) before it had started: a clean exit."""

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import signal
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker, KafkaRouter
 
 from contracts.registry import TOPICS, TopicSpec
-from services.runtime.broker import make_broker
+from services.runtime.broker import forbid_topic_auto_creation, make_broker, rewind_past_log_end
+from services.runtime.exceptions import StoppedWhileStarting
 from services.runtime.health import READINESS, ReadinessCheck, serving_health
 from services.runtime.kafka_admin import broker_answers, ensure_topics, wait_for_broker
 from services.runtime.kafka_security import librdkafka_security
@@ -59,9 +61,11 @@ async def prepare_stage(
     )
     for name, value in resources.items():
         broker.context.set_global(name, value)
+    watch = asyncio.create_task(rewind_past_log_end(broker))
     try:
         yield
     finally:
+        watch.cancel()
         for name in resources:
             broker.context.reset_global(name)
 
@@ -83,6 +87,15 @@ def broker_checks(broker: KafkaBroker, settings: RuntimeSettings) -> dict[str, R
     return {"broker": broker_answering, "consumers": consuming}
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: The readiness check that is false while a stage is still opening its resources.
+OPENING = "resources_opened"
+
+
+async def _opening() -> bool:
+    return False
+
+
 def stage_app(
     stage: str, settings: RuntimeSettings, router: KafkaRouter, resources: ResourceFactory
 ) -> FastStream:
@@ -98,18 +111,55 @@ def stage_app(
     async def lifespan() -> AsyncIterator[None]:
         with traced_process(stage, settings):
             checks = broker_checks(broker, settings)
-            async with serving_health(stage, settings, checks) as health, resources() as context:
-                health.checks.update(context.pop(READINESS, {}))
-                async with prepare_stage(broker, settings, **context):
-                    yield
+            async with AsyncExitStack() as opened:
+                health = await opened.enter_async_context(serving_health(stage, settings, checks))
+                # Not ready while its stores open (route waits out an unreachable Qdrant).
+                health.checks[OPENING] = _opening
+                async with _stoppable(app, stage):
+                    context = await opened.enter_async_context(resources())
+                    del health.checks[OPENING]
+                    health.checks.update(context.pop(READINESS, {}))
+                    await opened.enter_async_context(prepare_stage(broker, settings, **context))
+                yield
 
-    return FastStream(broker, lifespan=lifespan)
+    app = FastStream(broker, lifespan=lifespan)
+    return app
+
+
+@asynccontextmanager
+async def _stoppable(app: FastStream, stage: str) -> AsyncIterator[None]:
+    """SIGTERM or SIGINT while a stage starts (opening its stores, waiting for the broker)
+    stop it: FastStream looks at its exit flag only once started, so a stage waiting out an
+    unreachable Qdrant would otherwise ignore them."""
+    loop = asyncio.get_running_loop()
+    starting = asyncio.current_task()
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        app.exit()
+        if starting is not None:
+            starting.cancel()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if stopped:
+            raise StoppedWhileStarting(f"{stage} stopped by a signal while starting") from None
+        raise
+    finally:
+        for sig in STOP_SIGNALS:  # FastStream's own handling, as `app.run()` set it
+            loop.add_signal_handler(sig, app.exit)
 
 
 def load_stage_app(stage: str) -> FastStream:
     """The FastStream app of `stage`, built from settings read now (`services/<stage>/app.py`)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages built so far: {', '.join(STAGES)}")
+    forbid_topic_auto_creation()
     module = importlib.import_module(f"services.{stage}.app")
     app: FastStream = module.create_app()
     return app

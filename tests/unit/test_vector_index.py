@@ -1,15 +1,22 @@
 """The vector index on Qdrant (local mode, on disk): idempotent upserts, versions, tenants."""
 
+import asyncio
+import logging
 import math
 import random
+import socket
 from pathlib import Path
 
+import httpx
 import pytest
+from qdrant_client import AsyncQdrantClient
+from qdrant_client.http.exceptions import UnexpectedResponse
 
 from contracts.v1 import ChunkSetV1, ChunkVectorV1, ProducedBy, VectorV1
 from contracts.v1.chunks import ChunkContentV1
 from services.chunk.chunker import chunk_id
 from services.route.index import VectorIndex
+from services.route.patient_qdrant import patient, unreachable
 
 ROUTE = ProducedBy(service="test", version="1")
 
@@ -89,3 +96,34 @@ async def test_a_chunk_set_only_touches_its_own_document(index: VectorIndex) -> 
 async def test_using_the_index_before_warm_up_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="before warm_up"):
         await VectorIndex(path=tmp_path).count("acme")
+
+
+async def test_an_unreachable_server_is_waited_for_and_a_wrong_call_fails_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Real clients: a server address where nothing listens, and a local store."""
+    with socket.socket() as probe:  # a loopback port, released: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    away = AsyncQdrantClient(url=f"http://127.0.0.1:{port}", timeout=1)
+    with pytest.raises(Exception) as refused:
+        await away.collection_exists("ragstream_chunks")
+    assert unreachable(refused.value)
+    caplog.set_level(logging.WARNING, logger="ragstream.route.qdrant")
+    waiting = asyncio.create_task(patient(away, max_wait_s=0.2).collection_exists("x"))
+    await asyncio.sleep(1.5)
+    assert not waiting.done(), "a call to an unreachable server gave up instead of waiting"
+    waiting.cancel()
+    tries = [r for r in caplog.records if "qdrant unreachable" in r.getMessage()]
+    assert len(tries) >= 2 and "events wait, none is lost" in tries[0].getMessage()
+    await away.close()
+
+    index = VectorIndex(path=tmp_path / "qdrant")
+    await index.warm_up()
+    assert await index.reachable()
+    with pytest.raises(ValueError, match="not found"):  # not waited out: the call is wrong
+        await index.client.get_collection("no-such-collection")
+    assert not unreachable(UnexpectedResponse(404, "Not Found", b"", httpx.Headers()))
+    assert unreachable(UnexpectedResponse(503, "Service Unavailable", b"", httpx.Headers()))
+    await index.close()
+    assert not await index.reachable()
