@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -73,7 +73,12 @@ async def _turn_away(
     kind: str,
     reason: str,
 ) -> None:
-    await reject_record(broker, message, STAGE, kind, reason)  # type: ignore[arg-type]
+    """The record to the DLQ, a question's refusal to its asker, and the lineage: sent at once,
+    awaited together (one broker round trip, not three: a flood is mostly turned away, and
+    other tenants' events wait behind it), all before the record is committed."""
+    publishes: list[Awaitable[Any]] = [
+        reject_record(broker, message, STAGE, kind, reason)  # type: ignore[arg-type]
+    ]
     outputs: list[Envelope] = []
     if isinstance(event, QueryV1):  # the asker gets a refusal now, not a timeout
         question = event.question
@@ -88,12 +93,11 @@ async def _turn_away(
             message=reason,
             asked_at=event.produced_at,
         )
-        await publish_event(answers, TOPICS.answers, refusal, STAGE)
+        publishes.append(publish_event(answers, TOPICS.answers, refusal, STAGE))
         outputs.append(refusal)
-    await publish_lineage(
-        broker,
-        lineage_record(STAGE, event, kind, started, outputs, details={"reason": reason}),
-    )
+    record = lineage_record(STAGE, event, kind, started, outputs, details={"reason": reason})
+    publishes.append(publish_lineage(broker, record))
+    await asyncio.gather(*publishes)
 
 
 async def _lying_headers(
