@@ -269,6 +269,16 @@ def stages_ready(data_dir: Path) -> dict[str, dict[str, bool]]:
     return {stage: probe_stage(stage_endpoints(data_dir, stage)).checks for stage in STAGES}
 
 
+async def send(bootstrap: str, documents: list[Any], questions: list[Any]) -> None:
+    """Publish documents, then questions, with a producer of their own."""
+    producer = await producer_for(bootstrap)
+    try:
+        await publish_events(producer, TOPICS.documents, documents)
+        await publish_events(producer, TOPICS.queries, questions)
+    finally:
+        await producer.stop()
+
+
 @pytest.mark.skipif(
     "RAGSTREAM_SOAK_QUESTIONS" not in os.environ,
     reason="known flaky (passed 2 of 4 runs): after a Tansu restart, producers with cached "
@@ -307,12 +317,7 @@ async def test_every_stage_reconnects_after_the_embedded_broker_restarts(
         pids = {stage: process.pid for stage, process in stages.processes.items()}
         documents = [document(tenant, "before", i) for i in range(80)]
         questions = [question(tenant, "before", i) for i in range(30)]
-        producer = await producer_for(bootstrap)
-        try:
-            await publish_events(producer, TOPICS.documents, documents)
-            await publish_events(producer, TOPICS.queries, questions)
-        finally:
-            await producer.stop()
+        await send(bootstrap, documents, questions)
 
         async def some_indexed() -> tuple[set[str], set[str]] | None:
             indexed, answered = await settled(bootstrap, tenant)
@@ -338,12 +343,7 @@ async def test_every_stage_reconnects_after_the_embedded_broker_restarts(
         await eventually(all_ready, 120, "every stage ready again")
         after_documents = [document(tenant, "after", i) for i in range(6)]
         after_questions = [question(tenant, "after", i) for i in range(6)]
-        producer = await producer_for(bootstrap)
-        try:
-            await publish_events(producer, TOPICS.documents, after_documents)
-            await publish_events(producer, TOPICS.queries, after_questions)
-        finally:
-            await producer.stop()
+        await send(bootstrap, after_documents, after_questions)
         wanted_documents = {d.correlation_id for d in after_documents}
         wanted_answers = {q.request_id for q in after_questions}
 

@@ -9,11 +9,9 @@ the document and the question sent during the outage are indexed and answered, o
 
 from __future__ import annotations
 
-import json
+import asyncio
 import socket
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -21,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from contracts.registry import TOPICS
 from contracts.v1 import AnswerV1, DeadLetterV1, DocumentUpsertV1, LineageRecordV1
 from services.cli.ask_cmd import query_event
+from services.cli.stage_probe import probe_stage
 from services.runtime.health import stage_endpoints
 from tests.integration.conftest import (
     UPSTREAM,
@@ -42,17 +41,9 @@ def closed_port() -> int:
     return port
 
 
-def readiness(data_dir: Path, pid: int) -> dict[str, Any] | None:
-    for endpoint in stage_endpoints(data_dir, "route"):
-        if int(endpoint["pid"]) == pid:
-            try:
-                with urllib.request.urlopen(endpoint["readyz_url"], timeout=5) as response:
-                    body: dict[str, Any] = json.loads(response.read())
-                    return body
-            except urllib.error.HTTPError as error:  # 503 while not ready, with the body
-                body = json.loads(error.read())
-                return body
-    return None
+def route_checks(data_dir: Path) -> dict[str, bool]:
+    """route's readiness checks (`/readyz`), as `ragstream status` reads them."""
+    return probe_stage(stage_endpoints(data_dir, "route")).checks
 
 
 async def test_route_waits_for_an_unreachable_vector_store_and_loses_nothing(
@@ -70,12 +61,11 @@ async def test_route_waits_for_an_unreachable_vector_store_and_loses_nothing(
     question = query_event("How many bicycles does the shed by the east entrance hold?", tenant)
     pipeline.stop_stage("route")
     pipeline.start("route", RAGSTREAM_QDRANT_URL=f"http://127.0.0.1:{closed_port()}")
-    waiting = pipeline.processes["route"]
     try:
-        report = await eventually(
-            lambda: _async(readiness(pipeline.data_dir, waiting.pid)), 90, "route's /readyz"
+        checks = await eventually(
+            lambda: asyncio.sleep(0, result=route_checks(pipeline.data_dir)), 90, "route's /readyz"
         )
-        assert report["ready"] is False and report["checks"]["resources_opened"] is False
+        assert checks["resources_opened"] is False
         await publish_events(producer, TOPICS.documents, [document])
         embedded = await eventually(
             lambda: _lineage(pipeline, tenant, document.correlation_id, "embed"),
@@ -90,8 +80,7 @@ async def test_route_waits_for_an_unreachable_vector_store_and_loses_nothing(
         )
         # The store is away: route is up, not ready, and neither indexed nor answered anything.
         assert pipeline.alive("route")
-        report = readiness(pipeline.data_dir, waiting.pid)
-        assert report is not None and report["ready"] is False, report
+        assert not all(route_checks(pipeline.data_dir).values())
         assert not await _lineage(pipeline, tenant, document.correlation_id, "route")
         assert not await events_on(pipeline.bootstrap, TOPICS.answers, {tenant})
         log = (pipeline.data_dir / "route.log").read_text(errors="replace")
@@ -120,10 +109,6 @@ async def test_route_waits_for_an_unreachable_vector_store_and_loses_nothing(
         f"indexed_after={len(indexed)}, questions=1, answers={len(answers)}, "
         f"dlq={len(letters)}, lost=0, duplicated={len(answers) - 1}"
     )
-
-
-async def _async(value: Any) -> Any:
-    return value
 
 
 async def _lineage(

@@ -10,8 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +23,7 @@ from contracts.v1 import AnswerV1, CitationV1, LineageRecordV1, ProducedBy
 from services.audit.store import AuditStore, audit_db_path
 from services.cli.audit_cmd import audit_app
 from services.cli.replay_cmd import ReplayNotPossibleError, load_original
+from tests.unit.test_audit_dashboard import _get
 from tests.unit.test_audit_store import T0, record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -347,14 +346,6 @@ def dashboard(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=20)
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def _undated(page: str) -> str:
