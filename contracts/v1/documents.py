@@ -23,6 +23,15 @@ class DocumentUpsertV1(Envelope):
     )
     content: str = Field(description="The document's text (UTF-8).", examples=["# Intro\n..."])
     metadata: dict[str, str] = Field(default_factory=dict, examples=[{"team": "hr"}])
+    reindex: bool = Field(
+        default=False,
+        description=(
+            "Publish a new version downstream even when the content is unchanged: re-indexes a"
+            " document lost downstream (after a broker restart, or a vector store restored from"
+            " an old backup)."
+        ),
+        examples=[True],
+    )
 
 
 class DocumentDeleteV1(Envelope):

@@ -94,7 +94,9 @@ def collect_files(paths: list[Path]) -> tuple[list[tuple[Path, str]], list[tuple
     return files, skipped
 
 
-def document_event(path: Path, doc_id: str, tenant: str, content: str) -> DocumentUpsertV1:
+def document_event(
+    path: Path, doc_id: str, tenant: str, content: str, reindex: bool = False
+) -> DocumentUpsertV1:
     content_type = CONTENT_TYPES[path.suffix.lower()]
     pattern = _HTML_TITLE if content_type == "text/html" else _MD_TITLE
     match = pattern.search(content) if content_type != "text/plain" else None
@@ -112,6 +114,7 @@ def document_event(path: Path, doc_id: str, tenant: str, content: str) -> Docume
         source_uri=path.resolve().as_uri(),
         content_type=content_type,
         content=content,
+        reindex=reindex,
     )
 
 
@@ -142,7 +145,13 @@ def _settle(report: IngestReport, record_value: bytes, topic: str) -> Outcome | 
 
 
 async def ingest_paths(
-    bootstrap: str, paths: list[Path], tenant: str, wait: bool, timeout_s: float, console: Console
+    bootstrap: str,
+    paths: list[Path],
+    tenant: str,
+    wait: bool,
+    timeout_s: float,
+    console: Console,
+    reindex: bool = False,
 ) -> IngestReport:
     files, skipped = collect_files(paths)
     report = IngestReport(skipped=skipped)
@@ -171,7 +180,7 @@ async def ingest_paths(
                     )
                     progress.advance(task)
                     continue
-                event = document_event(path, doc_id, tenant, content)
+                event = document_event(path, doc_id, tenant, content, reindex)
                 report.outcomes[event.correlation_id] = Outcome(doc_id, path)
                 with _tracer.start_as_current_span(  # the document's trace starts here
                     "ragstream ingest",

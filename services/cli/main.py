@@ -187,18 +187,30 @@ def ingest(
         bool, typer.Option("--wait", help="Return when each document is through or rejected.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 300.0,
+    reindex: Annotated[
+        bool,
+        typer.Option(
+            "--reindex",
+            help="Index unchanged documents again, as a new version: for documents lost "
+            "downstream (events not yet indexed when the embedded broker restarted, or a "
+            "vector store restored from an old backup).",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Publish files and folders as documents, with a progress bar and a summary.
 
     A folder's files get their path relative to it as document id, so publishing it again
-    replaces changed documents and skips unchanged ones. --wait follows every document to
-    the last stage (or the DLQ) and exits 1 if any was rejected or timed out."""
+    replaces changed documents and skips unchanged ones (--reindex publishes those too, as a
+    new version). --wait follows every document to the last stage (or the DLQ) and exits 1
+    if any was rejected or timed out."""
     from services.cli.ingest_cmd import ingest_paths
     from services.runtime.tracing import traced_process
 
     with traced_process("cli", _settings()):  # each document's trace starts here
-        report = asyncio.run(ingest_paths(_bootstrap(), paths, tenant, wait, timeout, err))
+        report = asyncio.run(
+            ingest_paths(_bootstrap(), paths, tenant, wait, timeout, err, reindex=reindex)
+        )
     if as_json:
         print(json.dumps(report.as_json(), indent=2))
     else:

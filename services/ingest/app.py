@@ -163,7 +163,9 @@ async def ingest_document(
     if isinstance(prepared, Rejection):
         await _turn_away(broker, message, event, started, "rejected", prepared.reason)
         return
-    decision = ingest.versions.decide_upsert(event.tenant_id, event.doc_id, prepared.content_hash)
+    decision = ingest.versions.decide_upsert(
+        event.tenant_id, event.doc_id, prepared.content_hash, reindex=event.reindex
+    )
     if decision.kind == "unchanged":
         details: dict[str, JsonValue] = {
             "doc_version": decision.version,

@@ -12,7 +12,7 @@ from typing import Literal
 class VersionDecision:
     """What an upsert or delete means given what was seen before."""
 
-    kind: Literal["new", "changed", "unchanged", "deleted", "already_deleted"]
+    kind: Literal["new", "changed", "unchanged", "reindex", "deleted", "already_deleted"]
     version: int
 
 
@@ -48,13 +48,16 @@ class DocumentVersions:
         ).fetchone()
         return (row[0], int(row[1]), bool(row[2])) if row else None
 
-    def decide_upsert(self, tenant_id: str, doc_id: str, content_hash: str) -> VersionDecision:
+    def decide_upsert(
+        self, tenant_id: str, doc_id: str, content_hash: str, reindex: bool = False
+    ) -> VersionDecision:
+        """`reindex` makes unchanged content a new version: downstream may have lost it."""
         current = self._current(tenant_id, doc_id)
         if current is None:
             return VersionDecision("new", 1)
         known_hash, version, deleted = current
         if known_hash == content_hash and not deleted:
-            return VersionDecision("unchanged", version)
+            return VersionDecision("reindex" if reindex else "unchanged", version + int(reindex))
         return VersionDecision("changed", version + 1)
 
     def decide_delete(self, tenant_id: str, doc_id: str) -> VersionDecision:

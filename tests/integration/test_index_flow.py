@@ -92,6 +92,13 @@ async def test_documents_are_indexed_once_versioned_deleted_and_isolated(
         )
         for d in documents
     ]
+    reindexed = documents[2].model_copy(  # unchanged, as if lost downstream: indexed again
+        update={
+            "event_id": f"rx-{documents[2].event_id}",
+            "correlation_id": f"rx-{documents[2].correlation_id}",
+            "reindex": True,
+        }
+    )
     changed = document(tenants[0], 5000, revision=1)
     deleted = DocumentDeleteV1(
         tenant_id=tenants[1],
@@ -99,8 +106,10 @@ async def test_documents_are_indexed_once_versioned_deleted_and_isolated(
         produced_by=UPSTREAM,
         doc_id=documents[1].doc_id,
     )
-    await publish_events(producer, TOPICS.documents, [*again, changed, deleted])
-    await indexed(pipeline, {changed.correlation_id, deleted.correlation_id})
+    await publish_events(producer, TOPICS.documents, [*again, reindexed, changed, deleted])
+    await indexed(
+        pipeline, {reindexed.correlation_id, changed.correlation_id, deleted.correlation_id}
+    )
 
     async def ingest_dropped_all() -> bool:
         records = await events_on(pipeline.bootstrap, TOPICS.audit, set(tenants))
@@ -109,12 +118,25 @@ async def test_documents_are_indexed_once_versioned_deleted_and_isolated(
         ) >= len(again)
 
     await eventually(ingest_dropped_all, what="re-published documents dropped as unchanged")
+    (accepted_again,) = [
+        r
+        for r in await events_on(pipeline.bootstrap, TOPICS.audit, set(tenants))
+        if r.stage == "ingest" and r.correlation_id == reindexed.correlation_id
+    ]
+    assert (accepted_again.outcome, accepted_again.details) == (
+        "ok",
+        {"doc_version": 2, "version_kind": "reindex"},
+    )
     sets = [
         e
         for e in await events_on(pipeline.bootstrap, TOPICS.chunks, set(tenants))
         if isinstance(e, ChunkSetV1)
     ]
     v2 = next(s for s in sets if s.doc_id == changed.doc_id and s.doc_version == 2)
+    r1, r2 = (
+        next(s for s in sets if s.doc_id == reindexed.doc_id and s.doc_version == v) for v in (1, 2)
+    )
+    assert len(r2.chunk_ids) == len(r1.chunk_ids) and not set(r1.chunk_ids) & set(r2.chunk_ids)
     async with index_of(pipeline) as index:
         assert set(await index.chunk_ids(tenants[0])) >= set(v2.chunk_ids)
         assert await index.count(tenants[0], changed.doc_id) == len(v2.chunk_ids)
@@ -125,6 +147,9 @@ async def test_documents_are_indexed_once_versioned_deleted_and_isolated(
             if c.doc_id == changed.doc_id and c.tenant_id == tenants[0]
         ]
         assert not set(old_v1) & set(await index.chunk_ids(tenants[0]))
+        assert set(await index.chunk_ids(tenants[0])) >= set(r2.chunk_ids)
+        assert not set(r1.chunk_ids) & set(await index.chunk_ids(tenants[0]))
+        assert await index.count(tenants[0], reindexed.doc_id) == len(r2.chunk_ids)
         after = {t: await index.count(t) for t in tenants}
     removed = len(
         [c for c in chunk_events if c.tenant_id == tenants[1] and c.doc_id == documents[1].doc_id]

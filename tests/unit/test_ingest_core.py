@@ -1,14 +1,23 @@
-"""ingest's pure core: normalisation, HTML, acceptance rules, versions and rate limits."""
+"""ingest's pure core: normalisation, HTML, acceptance rules, versions and rate limits; and
+`ragstream ingest --reindex` reaching the events it publishes."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from contracts.v1 import DocumentUpsertV1, ProducedBy, QueryV1
+from services.cli import ingest_cmd
+from services.cli.ingest_cmd import IngestReport, Outcome, document_event
+from services.cli.main import app
 from services.ingest.acceptance import PreparedDocument, prepare_document, prepare_question
 from services.ingest.normalise import Rejection, html_to_markdown, normalise_text
 from services.ingest.rate_limits import TenantRateLimits
-from services.ingest.versions import DocumentVersions
+from services.ingest.versions import DocumentVersions, VersionDecision
+from services.runtime import tracing
 from services.runtime.settings import IngestSettings
 
 SETTINGS = IngestSettings(max_document_bytes=1_000, max_question_chars=50)
@@ -103,6 +112,51 @@ def test_versions_drop_unchanged_and_number_changes(tmp_path: Path) -> None:
     versions.close()
     reopened = DocumentVersions(tmp_path / "v.sqlite3")
     assert reopened.decide_delete("acme", "d").kind == "already_deleted"
+
+
+def test_reindex_makes_unchanged_content_a_new_version_and_changes_nothing_else(
+    tmp_path: Path,
+) -> None:
+    versions = DocumentVersions(tmp_path / "v.sqlite3")
+    new = versions.decide_upsert("acme", "d", "a" * 64, reindex=True)
+    assert (new.kind, new.version) == ("new", 1)
+    versions.record("acme", "d", "a" * 64, 1)
+    again = versions.decide_upsert("acme", "d", "a" * 64, reindex=True)
+    assert (again.kind, again.version) == ("reindex", 2)
+    versions.record("acme", "d", "a" * 64, 2)
+    assert versions.decide_upsert("acme", "d", "a" * 64) == VersionDecision("unchanged", 2)
+    changed = versions.decide_upsert("acme", "d", "b" * 64, reindex=True)
+    assert (changed.kind, changed.version) == ("changed", 3)
+    versions.record("acme", "d", None, 3)  # deleted: the same content is re-added
+    readded = versions.decide_upsert("acme", "d", "a" * 64, reindex=True)
+    assert readded == versions.decide_upsert("acme", "d", "a" * 64) == VersionDecision("changed", 4)
+
+
+def test_ingest_reindex_flag_reaches_every_published_upsert(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    page = tmp_path / "leave.md"
+    page.write_text("# Leave\n\nTwenty days.", encoding="utf-8")
+    assert document_event(page, "leave.md", "acme", "x", reindex=True).reindex is True
+    assert document_event(page, "leave.md", "acme", "x").reindex is False
+
+    calls: list[dict[str, Any]] = []
+
+    async def publishing(*args: Any, reindex: bool = False) -> IngestReport:
+        calls.append({"paths": args[1], "reindex": reindex})
+        return IngestReport(outcomes={"c": Outcome("leave.md", page)})
+
+    @contextmanager
+    def untraced(*_: Any) -> Iterator[None]:  # a CLI's tracer is process-wide: not in tests
+        yield None
+
+    monkeypatch.setattr(ingest_cmd, "ingest_paths", publishing)
+    monkeypatch.setattr(tracing, "traced_process", untraced)
+    env = {"RAGSTREAM_BOOTSTRAP_SERVERS": "localhost:1", "RAGSTREAM_DATA_DIR": str(tmp_path)}
+    for flags, reindex in (([], False), (["--reindex"], True)):
+        result = CliRunner().invoke(app, ["ingest", str(page), "--tenant", "acme", *flags], env=env)
+        assert result.exit_code == 0, result.output
+        assert calls.pop() == {"paths": [page], "reindex": reindex}
 
 
 async def test_rate_limits_are_per_tenant() -> None:

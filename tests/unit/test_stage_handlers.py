@@ -77,6 +77,24 @@ async def test_ingest_accepts_a_document_then_drops_its_unchanged_republish(inge
     assert dead == []
 
 
+async def test_ingest_publishes_an_unchanged_document_again_as_a_new_version_on_reindex(
+    ingest: Any,
+) -> None:
+    broker, dead = ingest
+    await broker.publish(event_bytes(upsert()), TOPICS.documents.name)
+    await broker.publish(event_bytes(upsert()), TOPICS.documents.name)
+    ingest_stage.accepted_documents.mock.assert_called_once()
+
+    reindex = upsert().model_copy(update={"reindex": True})
+    await broker.publish(event_bytes(reindex), TOPICS.documents.name)
+    assert ingest_stage.accepted_documents.mock.call_count == 2
+    again = AcceptedDocumentV1.model_validate(
+        ingest_stage.accepted_documents.mock.call_args.args[0]
+    )
+    assert (again.doc_version, again.text) == (2, "# Leave\n\nTwenty days.")
+    assert dead == []
+
+
 async def test_ingest_sends_bad_and_over_limit_events_to_the_dlq(ingest: Any) -> None:
     broker, dead = ingest
     await broker.publish(b"\xffnot json", TOPICS.documents.name)
