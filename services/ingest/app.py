@@ -45,6 +45,11 @@ accepted_queries = router.publisher(TOPICS.queries_accepted.name, title="queries
 answers = router.publisher(TOPICS.answers.name, title="answers")
 #: A refused question is quoted in its refusal up to this many characters.
 QUOTED_QUESTION_CHARS = 500
+#: Questions are consumed by one group member per partition of their topic (FastStream's
+#: `max_workers`: each member handles its partitions in order and commits after handling). A
+#: tenant's questions share a partition (keyed by tenant), so one tenant's flood holds up only
+#: the tenants that hash to its partition, not every question behind it.
+QUESTION_CONSUMERS = TOPICS.queries.partitions
 
 
 @dataclass
@@ -191,7 +196,11 @@ async def ingest_document(
     await publish_lineage(broker, lineage_record(STAGE, event, "ok", started, [accepted], details))
 
 
-@router.subscriber(TOPICS.queries.name, **subscriber_options(STAGE, TOPICS.queries))
+@router.subscriber(
+    TOPICS.queries.name,
+    max_workers=QUESTION_CONSUMERS,
+    **subscriber_options(STAGE, TOPICS.queries),
+)
 async def ingest_query(
     event: QueryV1,
     message: KafkaMessage,

@@ -42,7 +42,9 @@ def make_broker(settings: RuntimeSettings, stage: str, **kwargs: Any) -> KafkaBr
             KafkaTelemetryMiddleware(),
             prometheus_middleware(stage),
             ConsumedEventsMiddleware.for_stage(stage),
-            DeadLetterMiddleware.for_stage(stage, attempts=settings.handler_attempts),
+            DeadLetterMiddleware.for_stage(
+                stage, attempts=settings.handler_attempts, broker_wait_s=settings.broker_wait_s
+            ),
         ],
         decoder=strict_json_decoder,
         parser=batch_parser,
@@ -136,9 +138,14 @@ async def rewind_past_log_end(broker: KafkaBroker) -> None:
     while True:
         await asyncio.sleep(LOG_END_CHECK_S)
         for subscriber in broker.subscribers:
-            consumer = getattr(subscriber, "consumer", None)
-            if isinstance(consumer, AIOKafkaConsumer):
+            for consumer in subscriber_consumers(subscriber):
                 await _rewind_consumer(consumer, logger)
+
+
+def subscriber_consumers(subscriber: Any) -> list[AIOKafkaConsumer]:
+    """A subscriber's running consumers: its one, or each of a `max_workers` subscriber's."""
+    found = [getattr(subscriber, "consumer", None), *getattr(subscriber, "consumer_subgroup", ())]
+    return [c for c in found if isinstance(c, AIOKafkaConsumer)]
 
 
 async def _rewind_consumer(consumer: AIOKafkaConsumer, logger: logging.Logger) -> None:
