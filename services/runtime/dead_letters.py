@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import ConsumerRecord
-from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from faststream import BaseMiddleware
 from faststream.exceptions import HandlerException, StopConsume
 from faststream.message import StreamMessage
@@ -26,6 +26,7 @@ from opentelemetry import trace
 from pydantic import ValidationError
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_not_exception_type,
     stop_after_attempt,
     wait_exponential,
@@ -47,6 +48,14 @@ DEAD_LETTER_COUNTS: Counter[tuple[str, str]] = Counter()
 TRUNCATED_BYTES = 64 * 1024
 _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
 _NOT_RETRIED = (ValidationError, UnicodeDecodeError, json.JSONDecodeError, RecursionError)
+
+
+def broker_trouble(error: BaseException | None) -> bool:
+    """The broker refused or could not take a publish (unreachable, restarting, a partition's
+    leader moving, Tansu's UnknownError just after a restart): nothing is wrong with the event,
+    so it is retried for longer and never dead-lettered. A record too large for the broker is
+    the event's own problem."""
+    return isinstance(error, KafkaError) and not isinstance(error, _TOO_LARGE)
 
 
 def header_problem(headers: Iterable[tuple[str, bytes | None]]) -> str | None:
@@ -219,23 +228,48 @@ class DeadLetterMiddleware(BaseMiddleware):
     stage = "unknown"
     attempts = 3
     retry_wait_s = 0.2
+    broker_wait_s = 120.0
 
     @classmethod
     def for_stage(
-        cls, stage: str, attempts: int = 3, retry_wait_s: float = 0.2
+        cls,
+        stage: str,
+        attempts: int = 3,
+        retry_wait_s: float = 0.2,
+        broker_wait_s: float = 120.0,
     ) -> type[DeadLetterMiddleware]:
         return type(
             f"DeadLetterMiddleware_{stage}",
             (cls,),
-            {"stage": stage, "attempts": attempts, "retry_wait_s": retry_wait_s},
+            {
+                "stage": stage,
+                "attempts": attempts,
+                "retry_wait_s": retry_wait_s,
+                "broker_wait_s": broker_wait_s,
+            },
         )
+
+    def _gives_up(self, state: RetryCallState) -> bool:
+        """An ordinary error after `attempts` tries; broker trouble after `broker_wait_s`."""
+        error = state.outcome.exception() if state.outcome else None
+        if broker_trouble(error):
+            elapsed = state.seconds_since_start or 0.0
+            logger.warning(
+                "stage %s: the broker refused a publish (%s: %s); retrying for %.0f s more",
+                self.stage,
+                type(error).__name__,
+                error,
+                max(self.broker_wait_s - elapsed, 0.0),
+            )
+            return elapsed >= self.broker_wait_s
+        return state.attempt_number >= self.attempts
 
     async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
         self._tries = 0
         self._span = trace.get_current_span()  # the consumer's: its dead letter is in its trace
         async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential(min=self.retry_wait_s, max=5),
+            stop=self._gives_up,
+            wait=wait_exponential(multiplier=self.retry_wait_s, min=self.retry_wait_s, max=5),
             retry=retry_if_not_exception_type(
                 (*_NOT_RETRIED, HandlerException, asyncio.CancelledError)
             ),
@@ -255,6 +289,16 @@ class DeadLetterMiddleware(BaseMiddleware):
         if exc_val is None or isinstance(
             exc_val, (HandlerException, StopConsume, asyncio.CancelledError, SystemExit)
         ):
+            return False
+        if broker_trouble(exc_val):  # not the event's fault: consumed again, not dead-lettered
+            logger.error(
+                "stage %s: the broker refused publishes for %.0f s (%s: %s); the event is "
+                "consumed again",
+                self.stage,
+                self.broker_wait_s,
+                type(exc_val).__name__,
+                exc_val,
+            )
             return False
         records = self.msg if isinstance(self.msg, tuple) else (self.msg,)
         if any(record.topic == TOPICS.dlq.name for record in records):

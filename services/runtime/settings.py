@@ -41,6 +41,12 @@ class RuntimeSettings(BaseSettings):
     handler_attempts: int = Field(
         default=3, ge=1, le=10, description="Tries per event before it goes to the DLQ."
     )
+    broker_wait_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a handler whose publish the broker refused (unreachable, "
+        "restarting, leader moving) is retried before its record is consumed again.",
+    )
     log_level: str = Field(default="INFO")
     otlp_endpoint: str = Field(
         default="",

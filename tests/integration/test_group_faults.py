@@ -281,9 +281,8 @@ async def send(bootstrap: str, documents: list[Any], questions: list[Any]) -> No
 
 @pytest.mark.skipif(
     "RAGSTREAM_SOAK_QUESTIONS" not in os.environ,
-    reason="known flaky (passed 2 of 4 runs): after a Tansu restart, producers with cached "
-    "metadata write before ensure_topics recreates a topic and later writes fail with "
-    "AlreadyExists (dead-lettered as UnknownError); runs in `make soak` until fixed (issue 9)",
+    reason="soak only (`make soak`): restarts the embedded broker and waits out its "
+    "recovery (75-130 s); issue 9",
 )
 async def test_every_stage_reconnects_after_the_embedded_broker_restarts(
     triton_server: TritonServer, tmp_path: Path
@@ -388,3 +387,6 @@ async def test_every_stage_reconnects_after_the_embedded_broker_restarts(
         stages_restarted=0,
     )
     assert not [d for d in letters if d.correlation_id in wanted_documents | wanted_answers]
+    # The broker refusing writes just after its restart (Tansu's UnknownError) is waited out
+    # (RAGSTREAM_BROKER_WAIT_S), not dead-lettered: those events are not bad input.
+    assert not [d for d in letters if d.error_kind == "handler_error"], letters

@@ -1,12 +1,20 @@
 """Dead-letter classification: each kind of bad record gets a readable reason."""
 
 import json
+from typing import Any
 
 import pytest
+from aiokafka.errors import (
+    KafkaConnectionError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+    UnknownError,
+)
+from faststream.kafka import KafkaBroker, TestKafkaBroker
 from pydantic import ValidationError
 
 from contracts.registry import TOPICS
-from services.runtime.dead_letters import classify
+from services.runtime.dead_letters import DeadLetterMiddleware, classify
 
 
 def _validation_error(value: bytes) -> ValidationError:
@@ -48,3 +56,61 @@ def test_bad_records_are_classified_with_a_reason(value: bytes, kind: str, fragm
 def test_a_handler_error_names_its_type() -> None:
     kind, reason = classify(b"{}", ZeroDivisionError("division by zero"))
     assert (kind, reason) == ("handler_error", "ZeroDivisionError: division by zero")
+
+
+def _flaky_broker(failures: list[BaseException], broker_wait_s: float) -> tuple[Any, list[Any]]:
+    """A broker whose one handler raises each of `failures` in turn, then succeeds."""
+    broker = KafkaBroker(
+        middlewares=[
+            DeadLetterMiddleware.for_stage(
+                "chunk", attempts=2, retry_wait_s=0.01, broker_wait_s=broker_wait_s
+            )
+        ]
+    )
+    calls: list[Any] = []
+    dead: list[Any] = []
+
+    @broker.subscriber("in")
+    async def handler(body: dict[str, Any]) -> None:
+        calls.append(body)
+        if len(calls) <= len(failures):
+            raise failures[len(calls) - 1]
+
+    @broker.subscriber(TOPICS.dlq.name)
+    async def dlq_sink(letter: dict[str, Any]) -> None:
+        dead.append(letter)
+
+    return broker, [calls, dead]
+
+
+@pytest.mark.asyncio
+async def test_broker_trouble_is_waited_out_past_the_attempts_and_never_dead_lettered() -> None:
+    # 2 attempts for an ordinary error, but the broker refusing publishes 4 times in a row
+    # (unreachable, restarting, Tansu's UnknownError) is retried until it takes them
+    refusals = [KafkaConnectionError(), UnknownError(), NotLeaderForPartitionError()] * 2
+    broker, (calls, dead) = _flaky_broker(refusals, broker_wait_s=30)
+    async with TestKafkaBroker(broker) as test_broker:
+        await test_broker.publish({"n": 1}, "in")
+    assert len(calls) == 7 and dead == []
+
+
+@pytest.mark.asyncio
+async def test_broker_trouble_past_its_bound_is_consumed_again_not_dead_lettered() -> None:
+    broker, (calls, dead) = _flaky_broker([UnknownError()] * 1000, broker_wait_s=0.3)
+    async with TestKafkaBroker(broker) as test_broker:
+        with pytest.raises(UnknownError):  # propagates: FastStream nacks, the record is re-read
+            await test_broker.publish({"n": 1}, "in")
+    assert len(calls) > 2 and dead == []
+
+
+@pytest.mark.asyncio
+async def test_an_ordinary_error_and_a_record_too_large_are_dead_lettered_after_the_attempts() -> (
+    None
+):
+    for error in (ZeroDivisionError("boom"), MessageSizeTooLargeError()):
+        broker, (calls, dead) = _flaky_broker([error] * 10, broker_wait_s=30)
+        async with TestKafkaBroker(broker) as test_broker:
+            await test_broker.publish({"n": 1}, "in")
+        assert len(calls) == 2
+        assert [d["error_kind"] for d in dead] == ["handler_error"]
+        assert type(error).__name__ in dead[0]["reason"]
