@@ -87,6 +87,7 @@ class TritonClient:
         backoff_max_s: float = 2.0,
         breaker: CircuitBreaker | None = None,
         embed_batch_size: int = 64,
+        document_request_size: int = 8,
         embedder_model: str = "embedder",
         generator_model: str = "generator",
     ) -> None:
@@ -97,6 +98,7 @@ class TritonClient:
         self.backoff_max_s = backoff_max_s
         self.breaker = breaker or CircuitBreaker(f"triton at {url}")
         self.embed_batch_size = embed_batch_size
+        self.document_request_size = document_request_size
         self.embedder_model = embedder_model
         self.generator_model = generator_model
         self.retries_total = 0
@@ -152,7 +154,12 @@ class TritonClient:
         texts: Sequence[str],
         priority: EmbedPriority,
     ) -> np.ndarray:
-        size = self.embed_batch_size
+        # A question's texts go in one request of at most `embed_batch_size` each, all at once.
+        # Document chunks go in requests of `document_request_size`, one after another: Triton
+        # cannot pre-empt a running batch, so a question arriving meanwhile waits for at most
+        # one small request (the model's queue serves its priority first between them).
+        query = priority == EmbedPriority.QUERY
+        size = self.embed_batch_size if query else self.document_request_size
         parts = [texts[i : i + size] for i in range(0, len(texts), size)]
 
         async def embed_part(part: Sequence[str]) -> np.ndarray:
@@ -168,9 +175,12 @@ class TritonClient:
             )
             return np.asarray(result.as_numpy("embedding"), dtype=np.float32)
 
-        vectors = await asyncio.gather(
-            *(self._call(functools.partial(embed_part, p)) for p in parts)
-        )
+        if query:
+            vectors = await asyncio.gather(
+                *(self._call(functools.partial(embed_part, p)) for p in parts)
+            )
+        else:
+            vectors = [await self._call(functools.partial(embed_part, p)) for p in parts]
         return np.concatenate(vectors, axis=0)
 
     async def generate(

@@ -167,7 +167,9 @@ def create_app(settings: EmbedSettings | None = None) -> FastStream:
     @asynccontextmanager
     async def resources() -> AsyncIterator[dict[str, Any]]:
         client = TritonClient(
-            resolve_triton_url(settings), embed_batch_size=settings.embed_batch_size
+            resolve_triton_url(settings),
+            embed_batch_size=settings.embed_batch_size,
+            document_request_size=settings.document_request_size,
         )
         await client.warm_up()
         embed = EmbedResources(settings, client, chunk_vectors, query_vectors)

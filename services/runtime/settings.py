@@ -138,7 +138,18 @@ class ChunkSettings(RuntimeSettings):
 
 
 class EmbedSettings(RuntimeSettings):
-    embed_batch_size: int = Field(default=32, ge=1, le=512, description="Chunks per Triton call.")
+    embed_batch_size: int = Field(
+        default=32, ge=1, le=512, description="Chunks consumed, embedded and committed together."
+    )
+    document_request_size: int = Field(
+        default=8,
+        ge=1,
+        le=512,
+        description="Chunks per Triton request: a batch goes as requests of this size, one "
+        "after another, so a question waits for at most one (Triton cannot pre-empt a running "
+        "batch). On CPU 8 costs no throughput against 32 and cuts a question's wait 4x "
+        "(bench/README.md); raise it on a GPU.",
+    )
     embed_batch_wait_ms: int = Field(default=100, ge=0, description="Wait to fill a chunk batch.")
     query_batch_size: int = Field(default=16, ge=1, le=256)
     query_batch_wait_ms: int = Field(default=5, ge=0, description="Questions wait less.")

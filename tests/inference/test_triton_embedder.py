@@ -75,3 +75,21 @@ async def test_concurrent_embed_requests_are_batched_on_the_server(
     executions = after.execution_count - before.execution_count
     assert inferences == 64
     assert inferences / executions > 1, f"{executions} executions for 64 requests: no batching"
+
+
+async def test_a_document_batch_goes_as_small_requests_one_after_another(
+    triton_client: TritonClient,
+) -> None:
+    """A question waits for at most one small request of a document batch, not the batch."""
+    client = TritonClient(triton_client.url, document_request_size=8)
+    await client.warm_up()
+    try:
+        before = await client.statistics("embedder")
+        vectors = await client.embed(_texts(20), priority=EmbedPriority.DOCUMENT)
+        after = await client.statistics("embedder")
+    finally:
+        await client.close()
+    assert after.inference_count - before.inference_count == 20
+    assert after.execution_count - before.execution_count == 3  # 8 + 8 + 4, never merged
+    at_once = await triton_client.embed(_texts(20), priority=EmbedPriority.QUERY)
+    np.testing.assert_allclose(vectors, at_once, atol=1e-5)
