@@ -31,6 +31,7 @@ from inference.exceptions import (
     InferenceUnavailableError,
 )
 from inference.generation import GenerationRequest, GenerationResult
+from inference.queries_first import QueriesFirst
 
 _TRANSIENT = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"}
 EMBEDDING_DIMENSIONS = 384  # the embedder's output `embedding` (all-MiniLM-L6-v2)
@@ -88,6 +89,7 @@ class TritonClient:
         breaker: CircuitBreaker | None = None,
         embed_batch_size: int = 64,
         document_request_size: int = 8,
+        queries_first: QueriesFirst | None = None,
         embedder_model: str = "embedder",
         generator_model: str = "generator",
     ) -> None:
@@ -99,6 +101,7 @@ class TritonClient:
         self.breaker = breaker or CircuitBreaker(f"triton at {url}")
         self.embed_batch_size = embed_batch_size
         self.document_request_size = document_request_size
+        self.queries_first = queries_first or QueriesFirst()
         self.embedder_model = embedder_model
         self.generator_model = generator_model
         self.retries_total = 0
@@ -157,7 +160,8 @@ class TritonClient:
         # A question's texts go in one request of at most `embed_batch_size` each, all at once.
         # Document chunks go in requests of `document_request_size`, one after another: Triton
         # cannot pre-empt a running batch, so a question arriving meanwhile waits for at most
-        # one small request (the model's queue serves its priority first between them).
+        # one small request (the model's queue serves its priority first between them), and
+        # no document request is sent while a question is in flight (`QueriesFirst`).
         query = priority == EmbedPriority.QUERY
         size = self.embed_batch_size if query else self.document_request_size
         parts = [texts[i : i + size] for i in range(0, len(texts), size)]
@@ -176,11 +180,15 @@ class TritonClient:
             return np.asarray(result.as_numpy("embedding"), dtype=np.float32)
 
         if query:
-            vectors = await asyncio.gather(
-                *(self._call(functools.partial(embed_part, p)) for p in parts)
-            )
+            async with self.queries_first.query():
+                vectors = await asyncio.gather(
+                    *(self._call(functools.partial(embed_part, p)) for p in parts)
+                )
         else:
-            vectors = [await self._call(functools.partial(embed_part, p)) for p in parts]
+            vectors = []
+            for part in parts:
+                await self.queries_first.before_document()
+                vectors.append(await self._call(functools.partial(embed_part, part)))
         return np.concatenate(vectors, axis=0)
 
     async def generate(

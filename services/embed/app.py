@@ -28,10 +28,12 @@ from contracts.v1.chunks import ChunkContentV1
 from contracts.v1.envelope import utc_now
 from inference.client import EmbedPriority, TritonClient
 from inference.exceptions import InferenceUnavailableError
+from inference.queries_first import QueriesFirst
 from services.runtime.batches import validate_batch
 from services.runtime.broker import subscribe_batches
 from services.runtime.health import READINESS, triton_check
 from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.metrics import DOCUMENT_HOLD
 from services.runtime.publishing import Publisher, derived_from, publish_event
 from services.runtime.runstate import resolve_triton_url
 from services.runtime.settings import EmbedSettings
@@ -170,6 +172,11 @@ def create_app(settings: EmbedSettings | None = None) -> FastStream:
             resolve_triton_url(settings),
             embed_batch_size=settings.embed_batch_size,
             document_request_size=settings.document_request_size,
+            queries_first=QueriesFirst(
+                grace_s=settings.document_grace_ms / 1000,
+                max_wait_s=settings.document_yield_max_ms / 1000,
+                on_hold=DOCUMENT_HOLD.inc,
+            ),
         )
         await client.warm_up()
         embed = EmbedResources(settings, client, chunk_vectors, query_vectors)

@@ -62,6 +62,10 @@ CACHE_LOOKUPS = Counter(
     "route's answer-cache decision per question: exact or semantic hit, or miss.",
     ["result"],
 )
+DOCUMENT_HOLD = Counter(
+    "ragstream_document_hold_seconds_total",
+    "Seconds embed held document requests back for questions in flight (questions first).",
+)
 ALERTS = Counter("ragstream_alerts_total", "Alerts published.", ["stage", "kind", "subject"])
 ALERT_ACTIVE = Gauge(
     "ragstream_alert_active",

@@ -150,6 +150,19 @@ class EmbedSettings(RuntimeSettings):
         "batch). On CPU 8 costs no throughput against 32 and cuts a question's wait 4x "
         "(bench/README.md); raise it on a GPU.",
     )
+    document_grace_ms: int = Field(
+        default=500,
+        ge=0,
+        description="Document requests wait while a question is being embedded and this long "
+        "after the last one (its retrieval and generation run then), so a backfill yields "
+        "the CPU to questions.",
+    )
+    document_yield_max_ms: int = Field(
+        default=2000,
+        ge=0,
+        description="The longest one document request waits for questions: a steady stream "
+        "of questions slows a backfill down, never stops it.",
+    )
     embed_batch_wait_ms: int = Field(default=100, ge=0, description="Wait to fill a chunk batch.")
     query_batch_size: int = Field(default=16, ge=1, le=256)
     query_batch_wait_ms: int = Field(default=5, ge=0, description="Questions wait less.")

