@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,7 +10,6 @@ from aiokafka import AIOKafkaProducer
 
 from contracts.registry import TOPICS
 from contracts.v1 import ChunkSetV1, ChunkV1, DocumentDeleteV1, LineageRecordV1
-from inference.server import TritonServer
 from services.route.index import VectorIndex
 from services.runtime.topic_reader import read_topic
 from tests.integration.conftest import (
@@ -156,44 +154,3 @@ async def test_documents_are_indexed_once_versioned_deleted_and_isolated(
     )
     assert after[tenants[1]] == before[tenants[1]] - removed
     assert after[tenants[0]] == before[tenants[0]] - len(old_v1) + len(v2.chunk_ids)
-
-
-async def test_embed_loses_nothing_while_triton_is_down(
-    pipeline: StageProcesses, producer: AIOKafkaProducer, triton_server: TritonServer
-) -> None:
-    tenant = tenant_name("outage")
-    documents = [document(tenant, 9000 + i) for i in range(40)]
-    await publish_events(producer, TOPICS.documents, documents[:10])
-    await indexed(pipeline, {d.correlation_id for d in documents[:10]})
-
-    triton_server.stop()
-    try:
-        await publish_events(producer, TOPICS.documents, documents[10:])
-
-        async def chunked() -> bool:
-            events = await events_on(pipeline.bootstrap, TOPICS.chunks, {tenant})
-            return sum(isinstance(e, ChunkSetV1) for e in events) >= len(documents)
-
-        await eventually(chunked, what="all documents chunked while Triton is down")
-        await asyncio.sleep(2)  # let embed meet the outage: it must back off, not skip
-        assert pipeline.alive("embed")
-    finally:
-        triton_server.start()
-
-    await indexed(pipeline, {d.correlation_id for d in documents})
-    chunks = [
-        e
-        for e in await events_on(pipeline.bootstrap, TOPICS.chunks, {tenant})
-        if isinstance(e, ChunkV1)
-    ]
-    vectors = await events_on(pipeline.bootstrap, TOPICS.chunk_vectors, {tenant})
-    assert {v.chunk.chunk_id for v in vectors if hasattr(v, "chunk")} == {
-        c.chunk_id for c in chunks
-    }
-    letters = [
-        TOPICS.dlq.adapter.validate_json(r.value)
-        for r in await read_topic(pipeline.bootstrap, TOPICS.dlq.name)
-    ]
-    assert not [letter for letter in letters if letter.tenant_id == tenant]
-    async with index_of(pipeline) as index:
-        assert sorted(await index.chunk_ids(tenant)) == sorted(c.chunk_id for c in chunks)
