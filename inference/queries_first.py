@@ -34,7 +34,6 @@ class QueriesFirst:
         self.grace_s = grace_s
         self.max_wait_s = max_wait_s
         self.on_hold = on_hold  # called with the seconds each held document request waited
-        self.document_waits = 0  # document requests that waited for a question
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -70,7 +69,5 @@ class QueriesFirst:
                 break
             waited = True
             await asyncio.sleep(min(grace_left, remaining))
-        if waited:
-            self.document_waits += 1
-            if self.on_hold is not None:
-                self.on_hold(loop.time() - started)
+        if waited and self.on_hold is not None:
+            self.on_hold(loop.time() - started)
