@@ -144,6 +144,11 @@ class AnswerCache:
     async def lookup_semantic(
         self, tenant_id: str, vector: Sequence[float], version: str, threshold: float
     ) -> CacheHit | None:
+        """The closest ready answer at or above `threshold` cosine; a threshold of 1.0 turns
+        the semantic cache off (only the same question would match, which the exact cache
+        has answered already), so no vector query is made."""
+        if threshold >= 1.0:
+            return None
         result = await self.client.query_points(
             self.collection,
             query=list(vector),

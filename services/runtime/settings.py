@@ -258,7 +258,9 @@ class QuerySettings(RuntimeSettings):
     )
     top_k: int = Field(default=5, ge=1, le=50, description="Chunks retrieved per question.")
     min_score: float = Field(default=0.2, ge=0.0, le=1.0, description="Least cosine to keep.")
-    semantic_cache_threshold: float = Field(default=0.92, gt=0.0, le=1.0)
+    semantic_cache_threshold: float = Field(
+        default=0.92, gt=0.0, le=1.0, description="Least cosine for a semantic hit; 1.0: off."
+    )
     exact_cache_entries: int = Field(default=2048, ge=0, description="In-process LRU size.")
     request_token_budget: int = Field(default=2000, ge=1, description="Tokens per request.")
     daily_token_cap: int = Field(default=2_000_000, ge=0, description="Tokens per tenant a day.")

@@ -1,4 +1,5 @@
-"""The vector index on Qdrant (local mode, on disk): idempotent upserts, versions, tenants."""
+"""The vector index and answer cache on Qdrant (local mode, on disk): idempotent upserts,
+versions, tenants."""
 
 import asyncio
 import logging
@@ -12,9 +13,10 @@ import pytest
 from qdrant_client import AsyncQdrantClient
 from qdrant_client.http.exceptions import UnexpectedResponse
 
-from contracts.v1 import ChunkSetV1, ChunkVectorV1, ProducedBy, VectorV1
+from contracts.v1 import AnswerV1, ChunkSetV1, ChunkVectorV1, ProducedBy, VectorV1
 from contracts.v1.chunks import ChunkContentV1
 from services.chunk.chunker import chunk_id
+from services.route.cache import AnswerCache
 from services.route.index import VectorIndex
 from services.route.patient_qdrant import patient, unreachable
 
@@ -127,3 +129,28 @@ async def test_an_unreachable_server_is_waited_for_and_a_wrong_call_fails_at_onc
     assert unreachable(UnexpectedResponse(503, "Service Unavailable", b"", httpx.Headers()))
     await index.close()
     assert not await index.reachable()
+
+
+async def test_a_semantic_threshold_of_one_turns_the_semantic_cache_off(
+    index: VectorIndex,
+) -> None:
+    """A cached answer whose question vector is a near copy of the asked one is a semantic hit
+    at 0.92; at 1.0 the semantic cache is off and no lookup is made (the exact cache, keyed
+    by the question itself, still answers the same question)."""
+    cache = AnswerCache(index.client, "ragstream_answers", lru_entries=0)
+    await cache.warm_up()
+    version = await cache.corpus_version("acme")
+    asked = unit_vector(7)
+    await cache.remember_pending("acme", "r1", "hash-1", asked, version)
+    answer = AnswerV1(
+        tenant_id="acme", correlation_id="c", produced_by=ROUTE, request_id="r1",
+        question="How many desks?", answer="Twenty.", tier="extractive", latency_ms=5.0,
+    )  # fmt: skip
+    assert await cache.store_answer(answer)
+    close = [v + 0.01 * w for v, w in zip(asked, unit_vector(8), strict=True)]
+    hit = await cache.lookup_semantic("acme", close, version, 0.92)
+    assert hit is not None and hit.kind == "semantic" and hit.answer.answer == "Twenty."
+    assert await cache.lookup_semantic("beta", close, version, 0.92) is None  # other tenant
+    assert await cache.lookup_semantic("acme", asked, version, 1.0) is None
+    exact = await cache.lookup_exact("acme", "hash-1", version)
+    assert exact is not None and exact.source_request_id == "r1"
