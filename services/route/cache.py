@@ -3,8 +3,11 @@ question vector), per tenant, valid only for the tenant's current corpus version
 
 Each question route sends to generation leaves a pending entry (its vector, hash and corpus
 version); when its validated answer comes back on the answers topic the entry becomes ready.
-A tenant's changed document gives it a new corpus version, and its older entries stop
-matching and are deleted. An in-process LRU sits in front of the exact lookups.
+A ready answer is also stored under its exact key (tenant, question hash, corpus version) as
+a point whose id is derived from that key, so an exact lookup is one read by id, whatever the
+cache's size (a filtered scroll is a scan in local mode: 12.5 ms at 500 answers). A tenant's
+changed document gives it a new corpus version, and its older entries stop matching and are
+deleted. An in-process LRU sits in front of the exact lookups.
 
 >>> cache = AnswerCache(index.client, "ragstream_answers")  # doctest: +SKIP
 >>> await cache.lookup_exact("acme", question_hash, version)  # doctest: +SKIP
@@ -30,6 +33,10 @@ INITIAL_CORPUS_VERSION = "0"
 
 def _point_id(*parts: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, "\x1f".join(parts)))
+
+
+def _exact_id(tenant_id: str, question_hash: str, version: str) -> str:
+    return _point_id("exact", tenant_id, question_hash, version)
 
 
 def _match(key: str, value: Any) -> models.FieldCondition:
@@ -100,8 +107,9 @@ class AnswerCache:
             ],
             wait=True,
         )
+        cached = models.FieldCondition(key="kind", match=models.MatchAny(any=["answer", "exact"]))
         stale = models.Filter(
-            must=[_match("kind", "answer"), _match(TENANT_FIELD, tenant_id)],
+            must=[cached, _match(TENANT_FIELD, tenant_id)],
             must_not=[_match("corpus_version", version)],
         )
         await self.client.delete(
@@ -127,17 +135,12 @@ class AnswerCache:
         key = (tenant_id, question_hash, version)
         if (hit := self._lru.get(key)) is not None:
             return hit
-        points, _ = await self.client.scroll(
-            self.collection,
-            scroll_filter=models.Filter(
-                must=[*self._ready(tenant_id, version), _match("question_hash", question_hash)]
-            ),
-            limit=1,
-            with_payload=True,
-        )
-        if not points:
+        exact_id = _exact_id(tenant_id, question_hash, version)
+        points = await self.client.retrieve(self.collection, [exact_id], with_payload=True)
+        payload = dict(points[0].payload or {}) if points else {}
+        if payload.get(TENANT_FIELD) != tenant_id:
             return None
-        hit = self._hit(dict(points[0].payload or {}), "exact", 1.0)
+        hit = self._hit(payload, "exact", 1.0)
         self._lru.put(key, hit)
         return hit
 
@@ -194,12 +197,22 @@ class AnswerCache:
         if not points:
             return False
         payload = dict(points[0].payload or {})
+        stored = answer.model_dump_json()
         await self.client.set_payload(
-            self.collection,
-            payload={"ready": True, "answer": answer.model_dump_json()},
-            points=[point_id],
-            wait=True,
+            self.collection, payload={"ready": True, "answer": stored}, points=[point_id], wait=True
         )
         key = (answer.tenant_id, str(payload["question_hash"]), str(payload["corpus_version"]))
+        exact = {
+            "kind": "exact",
+            TENANT_FIELD: answer.tenant_id,
+            "question_hash": key[1],
+            "corpus_version": key[2],
+            "answer": stored,
+        }
+        await self.client.upsert(
+            self.collection,
+            points=[models.PointStruct(id=_exact_id(*key), vector=_CORPUS_VECTOR, payload=exact)],
+            wait=True,
+        )
         self._lru.put(key, CacheHit(answer, "exact", 1.0, answer.request_id))
         return True

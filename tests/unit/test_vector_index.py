@@ -154,3 +154,33 @@ async def test_a_semantic_threshold_of_one_turns_the_semantic_cache_off(
     assert await cache.lookup_semantic("acme", asked, version, 1.0) is None
     exact = await cache.lookup_exact("acme", "hash-1", version)
     assert exact is not None and exact.source_request_id == "r1"
+
+
+async def test_exact_hits_are_read_by_key_and_a_new_corpus_version_drops_them(
+    index: VectorIndex,
+) -> None:
+    """Same tenant, same question hash, same corpus version: a hit; another tenant asking the
+    same question, or the tenant after its corpus changed, is a miss, and the stale entries
+    are deleted, not merely skipped."""
+    cache = AnswerCache(index.client, "ragstream_answers", lru_entries=0)
+    await cache.warm_up()
+    version = await cache.corpus_version("acme")
+    for tenant in ("acme", "beta"):
+        await cache.remember_pending(tenant, f"{tenant}-r", "hash-1", unit_vector(3), version)
+    assert await cache.lookup_exact("acme", "hash-1", version) is None  # pending: no answer yet
+    answer = AnswerV1(
+        tenant_id="acme", correlation_id="c", produced_by=ROUTE, request_id="acme-r",
+        question="How many desks?", answer="Twenty.", tier="extractive", latency_ms=5.0,
+    )  # fmt: skip
+    assert await cache.store_answer(answer)
+    hit = await cache.lookup_exact("acme", "hash-1", version)
+    assert hit is not None and hit.answer.answer == "Twenty." and hit.kind == "exact"
+    assert await cache.lookup_exact("beta", "hash-1", version) is None
+    assert await cache.lookup_exact("acme", "hash-2", version) is None
+    await cache.new_corpus_version("acme", "v2")
+    assert await cache.corpus_version("acme") == "v2"
+    assert await cache.lookup_exact("acme", "hash-1", version) is None
+    assert await cache.lookup_exact("acme", "hash-1", "v2") is None
+    left, _ = await index.client.scroll("ragstream_answers", limit=100, with_payload=True)
+    kinds = sorted((p.payload or {})["kind"] + ":" + (p.payload or {})["tenant_id"] for p in left)
+    assert kinds == ["answer:beta", "corpus:acme"], kinds
