@@ -291,7 +291,9 @@ def create_app(settings: RouteSettings | None = None) -> FastStream:
     async def resources() -> AsyncIterator[dict[str, Any]]:
         index = open_index(settings)
         await index.warm_up()
-        cache = AnswerCache(index.client, settings.cache_collection, settings.exact_cache_entries)
+        cache = AnswerCache(
+            index.client, settings.cache_collection, settings.exact_cache_entries, local=index.local
+        )
         await cache.warm_up()
         # Before the ledger is rebuilt from the generations topic: crossings already alerted.
         alerted = await read_alerted_keys(resolve_bootstrap(settings), settings)

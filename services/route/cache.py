@@ -25,6 +25,7 @@ from qdrant_client import AsyncQdrantClient, models
 
 from contracts.v1 import AnswerV1
 from services.route.index import TENANT_FIELD, VECTOR_SIZE
+from services.route.local_search import query_filtered
 
 _NAMESPACE = uuid.UUID("6f1d3c2a-2b8e-4f4e-9d55-6b1f0a7e9c11")
 _CORPUS_VECTOR = [1.0] + [0.0] * (VECTOR_SIZE - 1)
@@ -74,9 +75,17 @@ class _Lru:
 class AnswerCache:
     """Validated answers per tenant, keyed by question hash and question vector."""
 
-    def __init__(self, client: AsyncQdrantClient, collection: str, lru_entries: int = 2048):
+    def __init__(
+        self,
+        client: AsyncQdrantClient,
+        collection: str,
+        lru_entries: int = 2048,
+        *,
+        local: bool = False,
+    ):
         self.client = client
         self.collection = collection
+        self.local = local  # Qdrant's local mode: see local_search
         self._lru = _Lru(lru_entries)
 
     async def warm_up(self) -> None:
@@ -152,17 +161,18 @@ class AnswerCache:
         has answered already), so no vector query is made."""
         if threshold >= 1.0:
             return None
-        result = await self.client.query_points(
+        points = await query_filtered(
+            self.client,
             self.collection,
-            query=list(vector),
-            query_filter=models.Filter(must=self._ready(tenant_id, version)),
-            limit=1,
-            score_threshold=threshold,
-            with_payload=True,
+            vector,
+            self._ready(tenant_id, version),
+            1,
+            threshold,
+            local=self.local,
         )
-        if not result.points:
+        if not points:
             return None
-        best = result.points[0]
+        best = points[0]
         return self._hit(dict(best.payload or {}), "semantic", best.score)
 
     async def remember_pending(

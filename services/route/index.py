@@ -10,6 +10,7 @@ from typing import Any
 from qdrant_client import AsyncQdrantClient, models
 
 from contracts.v1 import ChunkSetV1, ChunkVectorV1
+from services.route.local_search import query_filtered
 from services.route.patient_qdrant import patient
 
 VECTOR_SIZE = 384
@@ -91,6 +92,11 @@ class VectorIndex:
         self._client = client
 
     @property
+    def local(self) -> bool:
+        """Qdrant's local mode (in this process, no payload indexes), not a server."""
+        return not self.url
+
+    @property
     def client(self) -> AsyncQdrantClient:
         if self._client is None:
             raise RuntimeError("VectorIndex used before warm_up()")
@@ -134,15 +140,16 @@ class VectorIndex:
         self, tenant_id: str, vector: Sequence[float], limit: int = 5, min_score: float = 0.0
     ) -> list[Hit]:
         """The nearest chunks of `tenant_id` only; never another tenant's."""
-        result = await self.client.query_points(
+        points = await query_filtered(
+            self.client,
             self.collection,
-            query=list(vector),
-            query_filter=models.Filter(must=[_tenant_is(tenant_id)]),
-            limit=limit,
-            score_threshold=min_score or None,
-            with_payload=True,
+            vector,
+            [_tenant_is(tenant_id)],
+            limit,
+            min_score or None,
+            local=self.local,
         )
-        return [Hit(str(p.id), p.score, dict(p.payload or {})) for p in result.points]
+        return [Hit(str(p.id), p.score, dict(p.payload or {})) for p in points]
 
     async def count(self, tenant_id: str, doc_id: str | None = None) -> int:
         conditions = _document_of(tenant_id, doc_id) if doc_id else [_tenant_is(tenant_id)]

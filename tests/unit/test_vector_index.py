@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from qdrant_client import AsyncQdrantClient
+from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from contracts.v1 import AnswerV1, ChunkSetV1, ChunkVectorV1, ProducedBy, VectorV1
@@ -18,6 +18,7 @@ from contracts.v1.chunks import ChunkContentV1
 from services.chunk.chunker import chunk_id
 from services.route.cache import AnswerCache
 from services.route.index import VectorIndex
+from services.route.local_search import query_filtered
 from services.route.patient_qdrant import patient, unreachable
 
 ROUTE = ProducedBy(service="test", version="1")
@@ -137,7 +138,7 @@ async def test_a_semantic_threshold_of_one_turns_the_semantic_cache_off(
     """A cached answer whose question vector is a near copy of the asked one is a semantic hit
     at 0.92; at 1.0 the semantic cache is off and no lookup is made (the exact cache, keyed
     by the question itself, still answers the same question)."""
-    cache = AnswerCache(index.client, "ragstream_answers", lru_entries=0)
+    cache = AnswerCache(index.client, "ragstream_answers", lru_entries=0, local=True)
     await cache.warm_up()
     version = await cache.corpus_version("acme")
     asked = unit_vector(7)
@@ -162,7 +163,7 @@ async def test_exact_hits_are_read_by_key_and_a_new_corpus_version_drops_them(
     """Same tenant, same question hash, same corpus version: a hit; another tenant asking the
     same question, or the tenant after its corpus changed, is a miss, and the stale entries
     are deleted, not merely skipped."""
-    cache = AnswerCache(index.client, "ragstream_answers", lru_entries=0)
+    cache = AnswerCache(index.client, "ragstream_answers", lru_entries=0, local=True)
     await cache.warm_up()
     version = await cache.corpus_version("acme")
     for tenant in ("acme", "beta"):
@@ -184,3 +185,24 @@ async def test_exact_hits_are_read_by_key_and_a_new_corpus_version_drops_them(
     left, _ = await index.client.scroll("ragstream_answers", limit=100, with_payload=True)
     kinds = sorted((p.payload or {})["kind"] + ":" + (p.payload or {})["tenant_id"] for p in left)
     assert kinds == ["answer:beta", "corpus:acme"], kinds
+
+
+@pytest.mark.parametrize("threshold", [None, 0.05])
+async def test_local_mode_queries_return_what_the_filtered_query_returns(
+    index: VectorIndex, threshold: float | None
+) -> None:
+    """The unfiltered-first query of local mode against Qdrant's own filtered query, for a
+    tenant holding most points (the wide query suffices), one holding a few (it falls back)
+    and one holding none, with and without a score threshold: the same points, same order."""
+    await index.upsert([vector_event("acme", f"a{i}", 1, 0, i) for i in range(300)])
+    await index.upsert([vector_event("beta", f"b{i}", 1, 0, 1000 + i) for i in range(6)])
+    for seed in range(20):
+        query = unit_vector(90_000 + seed)
+        for tenant in ("acme", "beta", "gamma"):
+            must = [models.FieldCondition(key="tenant_id", match=models.MatchValue(value=tenant))]
+            args = (index.client, index.collection, query, must, 5, threshold)
+            fast = await query_filtered(*args, local=True)
+            exact = await query_filtered(*args, local=False)
+            assert [p.id for p in fast] == [p.id for p in exact], (seed, tenant)
+            assert all((p.payload or {})["tenant_id"] == tenant for p in fast)
+            assert len(fast) == (0 if tenant == "gamma" else 5) or threshold is not None
