@@ -17,7 +17,7 @@ from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.message import StreamMessage
 
-from contracts.registry import TopicSpec
+from contracts.registry import TOPICS, TopicSpec
 from services.runtime.dead_letters import DeadLetterMiddleware, header_problem
 from services.runtime.kafka_security import faststream_security
 from services.runtime.metrics import (
@@ -84,8 +84,28 @@ def consumer_group(stage: str, spec: TopicSpec) -> str:
 #: How long the broker may hold a fetch that finds nothing new. Tansu answers when this runs
 #: out, not when a record arrives, so it is the latency of every hop when a consumer is idle
 #: (aiokafka's default, 500 ms, cost ~250 ms a hop: bench/README.md). Idle consumers then ask
-#: 40 times a second each, a few percent of one core for the whole pipeline.
+#: 40 times a second each: the topics a question crosses use it.
 FETCH_MAX_WAIT_MS = 25
+#: The same for the document path and lineage, where a hop's latency matters less than the
+#: CPU that asking 40 times a second costs: an idle pipeline polling at 25 ms everywhere kept
+#: the broker at ~45% of a core and the stages at ~45% more (bench/README.md).
+BACKGROUND_FETCH_MAX_WAIT_MS = 250
+#: The topics a question crosses, from its publication to its answer being cached.
+QUESTION_PATH = frozenset(
+    spec.name
+    for spec in (
+        TOPICS.queries,
+        TOPICS.queries_accepted,
+        TOPICS.query_vectors,
+        TOPICS.generation_requests,
+        TOPICS.generations,
+        TOPICS.answers,
+    )
+)
+
+
+def fetch_max_wait_ms(spec: TopicSpec) -> int:
+    return FETCH_MAX_WAIT_MS if spec.name in QUESTION_PATH else BACKGROUND_FETCH_MAX_WAIT_MS
 
 
 def subscriber_options(stage: str, spec: TopicSpec) -> dict[str, Any]:
@@ -95,7 +115,7 @@ def subscriber_options(stage: str, spec: TopicSpec) -> dict[str, Any]:
         "group_id": consumer_group(stage, spec),
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "auto_offset_reset": "earliest",
-        "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+        "fetch_max_wait_ms": fetch_max_wait_ms(spec),
         "listener": OwnedPartitions(stage),
     }
 
