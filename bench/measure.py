@@ -75,6 +75,20 @@ class StageProcesses:
                 found.append(child)
         return cls(found)
 
+    @classmethod
+    def named(cls, *names: str) -> StageProcesses:
+        """Descendants whose program (first word of the command line) ends with one of
+        `names`: `tritonserver`, Triton's `triton_python_backend_stub`, the broker."""
+        found = []
+        for child in psutil.Process().children(recursive=True):
+            try:
+                program = (child.cmdline() or [""])[0]
+            except psutil.Error:
+                continue
+            if any(program.rsplit("/", 1)[-1].startswith(name) for name in names):
+                found.append(child)
+        return cls(found)
+
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of every one still running."""
         total = 0.0

@@ -124,8 +124,8 @@ def _load(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         (name, "client p50 / p95 / p99", _ms(b["client_latency_ms"]), "", ""),
         (name, "cache hit ratio exact / semantic", f"{hits['exact']} / {hits['semantic']}",
          "", ""),
-        (name, "CPU per answer: stages + Triton compute", f"{cpu['stages']} + "
-         f"{cpu['triton_compute']} = {cpu['total']} ms", "", ""),
+        (name, "CPU per answer: stages + Triton + broker", f"{cpu['stages']} + "
+         f"{cpu['triton']} + {cpu['broker']} = {cpu['total']} ms", "", ""),
         (name, "tokens per answer", f"{b['tokens_per_answer']}", "", ""),
     ]  # fmt: skip
 

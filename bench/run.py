@@ -231,7 +231,7 @@ def traffic_load(
         _indexed(bootstrap, TENANT, [d.text for d in corpus], [d.doc_id for d in corpus])
         warm = [f"Warm-up question {i}: how many desks?" for i in range(WARM_UP_QUESTIONS)]
         asyncio.run(ask_with_lineage(bootstrap, triton_url, f"{TENANT}-warm-up", warm))
-        return load_figures(bootstrap, triton_url, TENANT, traffic, _command(args, "load"))
+        return load_figures(bootstrap, TENANT, traffic, _command(args, "load"))
 
 
 def tenant_flood(
