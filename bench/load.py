@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from bench.measure import StageProcesses, spread
+from bench.measure import Processes, spread
 from bench.traffic import TrafficQuestion, mix
 from services.cli.ask_cmd import AskResult, ask_questions
 
@@ -41,9 +41,9 @@ def load_figures(
 ) -> dict[str, Any]:
     """Answers/s, latency, cache hit ratios, CPU time and tokens per answer."""
     groups = {
-        "stages": StageProcesses.find(),
-        "triton": StageProcesses.named("tritonserver", "triton_python_backend_stub"),
-        "broker": StageProcesses.named("tansu"),
+        "stages": Processes.stages(),
+        "triton": Processes.named("tritonserver", "triton_python_backend_stub"),
+        "broker": Processes.named("tansu"),
     }
     before = {name: group.cpu_seconds() for name, group in groups.items()}
     started = time.perf_counter()

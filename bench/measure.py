@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,36 +59,34 @@ async def ask_one_at_a_time(
 
 
 @dataclass(frozen=True)
-class StageProcesses:
-    """The stage processes (`ragstream serve STAGE`) among this process's descendants."""
+class Processes:
+    """Some of this process's descendants (the stages, Triton's, the broker), whose CPU time
+    is read together."""
 
     processes: list[psutil.Process]
 
     @classmethod
-    def find(cls) -> StageProcesses:
+    def _matching(cls, keep: Callable[[list[str]], bool]) -> Processes:
         found = []
         for child in psutil.Process().children(recursive=True):
             try:
                 command = child.cmdline()
             except psutil.Error:
                 continue
-            if "services.cli.main" in command and "serve" in command:
+            if command and keep(command):
                 found.append(child)
         return cls(found)
 
     @classmethod
-    def named(cls, *names: str) -> StageProcesses:
-        """Descendants whose program (first word of the command line) ends with one of
-        `names`: `tritonserver`, Triton's `triton_python_backend_stub`, the broker."""
-        found = []
-        for child in psutil.Process().children(recursive=True):
-            try:
-                program = (child.cmdline() or [""])[0]
-            except psutil.Error:
-                continue
-            if any(program.rsplit("/", 1)[-1].startswith(name) for name in names):
-                found.append(child)
-        return cls(found)
+    def stages(cls) -> Processes:
+        """The stage processes (`ragstream serve STAGE`)."""
+        return cls._matching(lambda command: "services.cli.main" in command and "serve" in command)
+
+    @classmethod
+    def named(cls, *names: str) -> Processes:
+        """Those whose program's file name starts with one of `names`: `tritonserver`,
+        Triton's `triton_python_backend_stub`, the broker's `tansu`."""
+        return cls._matching(lambda command: command[0].rsplit("/", 1)[-1].startswith(names))
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of every one still running."""

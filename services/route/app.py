@@ -31,7 +31,7 @@ from services.route.index import VectorIndex
 from services.route.planner import choose_prompt, plan_generation
 from services.runtime.answers import latency_ms, refusal_answer
 from services.runtime.batches import validate_batch
-from services.runtime.broker import FETCH_MAX_WAIT_MS, subscribe_batches
+from services.runtime.broker import fetch_max_wait_ms, subscribe_batches
 from services.runtime.health import READINESS
 from services.runtime.lineage import lineage_record, publish_lineage
 from services.runtime.metrics import alert_raised, cache_decided
@@ -271,7 +271,7 @@ def build_router(settings: RouteSettings) -> tuple[KafkaRouter, Publisher, Publi
         group_id=None,
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        fetch_max_wait_ms=fetch_max_wait_ms(TOPICS.generations),
     )(charge_generations)
     return router, generation_requests, answers, alerts
 

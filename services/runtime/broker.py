@@ -105,6 +105,7 @@ QUESTION_PATH = frozenset(
 
 
 def fetch_max_wait_ms(spec: TopicSpec) -> int:
+    """How long a consumer of `spec`'s topic lets the broker hold an empty fetch."""
     return FETCH_MAX_WAIT_MS if spec.name in QUESTION_PATH else BACKGROUND_FETCH_MAX_WAIT_MS
 
 
