@@ -1,4 +1,5 @@
-"""`make bench`: every benchmark in one run, on one embedded stack, into bench/results/.
+"""`make bench`: every benchmark in one run, each on an embedded stack of its own, into
+bench/results/.
 
 Starts the broker (Tansu), Triton (embedder) and every stage itself, stops them at the end,
 and writes bench/results/<date>[-quick][-NAME].json (each figure with the command that
@@ -9,9 +10,11 @@ the ratios are what counts on a shared, noisy machine.
     HF_HUB_OFFLINE=1 .venv/bin/python bench/run.py --quick      # small sizes, for developing
     HF_HUB_OFFLINE=1 .venv/bin/python bench/run.py --only query_path --quick
 
-`backfill` runs on that stack; `load`, `tenant_flood` and `scaling` need other settings
-(semantic cache on, tight per-tenant limits, several embed workers): each starts its own
-stages (and Triton) on the same broker, and stops them before the next one.
+`query_path`, `peer_haystack` (ours) and `backfill` run on the document path's stack;
+`load`, `tenant_flood` and `scaling` need other settings (semantic cache on, tight
+per-tenant limits, several embed workers): each starts its own stages (and Triton) and stops
+them before the next one. Every stack, and the Quix Streams peer, gets a new broker
+(`bench.document_path.fresh_broker`: an old one's stored records would slow the next).
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ from sentence_transformers import SentenceTransformer
 
 from bench.backfill import backfill_figures
 from bench.corpus import make_corpus, make_questions
-from bench.document_path import document_events, pipeline_running, publish_documents, time_path
+from bench.document_path import (
+    document_events,
+    fresh_broker,
+    pipeline_running,
+    publish_documents,
+    time_path,
+)
 from bench.embed import in_process_rate
 from bench.gpu import gpu_status
 from bench.load import load_figures
@@ -48,8 +57,6 @@ from bench.tenant_flood import FLOOD_ENV, flood_figures
 from bench.traffic import make_traffic
 from services.chunk.chunker import Chunker, load_tokenizer
 from services.cli.evaluation import percentile
-from services.runtime.embedded_broker import EmbeddedBroker
-from services.runtime.kafka_admin import ensure_topics
 
 BENCHMARKS = (
     "document_path", "query_path", "peer_quix", "peer_haystack", "backfill", "load", "scaling",
@@ -260,7 +267,7 @@ def tenant_flood(
 
 
 def scaling(
-    bootstrap: str, corpus: list[Any], sizes: dict[str, int], args: argparse.Namespace, work: Path
+    corpus: list[Any], sizes: dict[str, int], args: argparse.Namespace, work: Path
 ) -> dict[str, Any]:
     """Chunks/s at 1, 2, 4 embed workers; answers/s at 1-100 clients; and the PNG of both."""
     documents = corpus[: sizes["scaling_documents"]]
@@ -272,7 +279,7 @@ def scaling(
     env = {"RAGSTREAM_TENANT_BURST": str(10 * len(documents)),
            "RAGSTREAM_SEMANTIC_CACHE_THRESHOLD": "1.0"}  # fmt: skip
     texts = [d.text for d in documents]
-    figures = scaling_figures(bootstrap, work, texts, questions, env, _command(args, "scaling"))
+    figures = scaling_figures(work, texts, questions, env, _command(args, "scaling"))
     date = datetime.now(UTC).strftime("%Y-%m-%d") + ("-quick" if args.quick else "")
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     png = plot(figures, RESULTS / f"{date}-scaling.png", f"ragstream on {os.cpu_count()} CPUs, "
@@ -294,10 +301,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     backfill_questions = every[count:]
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
-        bootstrap = broker.bootstrap_servers
-        ensure_topics(bootstrap)
-        published = 0
+    with tempfile.TemporaryDirectory() as tmp:
         if {"document_path", "query_path", "peer_haystack", "backfill"} & set(wanted):
             env = {
                 "RAGSTREAM_TENANT_BURST": str(10 * len(texts)),
@@ -305,11 +309,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 # benchmark's similar questions (exact-cache hits still happen, when asked again)
                 "RAGSTREAM_SEMANTIC_CACHE_THRESHOLD": "1.0",
             }
-            with pipeline_running(bootstrap, Path(tmp), **env) as triton_url:
+            with (
+                fresh_broker() as bootstrap,
+                pipeline_running(bootstrap, Path(tmp), **env) as triton_url,
+            ):
                 warm = [f"{t} (warm-up)" for t in texts[:WARM_UP_DOCUMENTS]]
                 asyncio.run(time_path(bootstrap, warm, 600, "bench-warm-up"))
                 results["document_path"] = document_path(bootstrap, texts, doc_ids, args)
-                published = WARM_UP_DOCUMENTS + len(texts)
                 if "query_path" in wanted:
                     results["query_path"] = query_path(bootstrap, triton_url, questions, args)
                 if "peer_haystack" in wanted:
@@ -323,10 +329,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 results.pop("document_path")
         if "peer_quix" in wanted:
-            if not published:
+            with fresh_broker() as bootstrap:
                 asyncio.run(publish_documents(bootstrap, document_events(texts, TENANT, doc_ids)))
-                published = len(texts)
-            peer = peer_quix(bootstrap, published, args)
+                peer = peer_quix(bootstrap, len(texts), args)
             ours = results.get("document_path", {}).get("path_chunks_per_s")
             if ours and "chunks_per_s" in peer:
                 ratio = ours / peer["chunks_per_s"]
@@ -338,11 +343,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results.pop("haystack_ours"), load, args, Path(tmp)
             )
         if "load" in wanted:
-            results["load"] = traffic_load(bootstrap, corpus, sizes, args, Path(tmp))
+            with fresh_broker() as bootstrap:
+                results["load"] = traffic_load(bootstrap, corpus, sizes, args, Path(tmp))
         if "tenant_flood" in wanted:
-            results["tenant_flood"] = tenant_flood(bootstrap, sizes, args, Path(tmp))
+            with fresh_broker() as bootstrap:
+                results["tenant_flood"] = tenant_flood(bootstrap, sizes, args, Path(tmp))
         if "scaling" in wanted:
-            results["scaling"] = scaling(bootstrap, corpus, sizes, args, Path(tmp))
+            results["scaling"] = scaling(corpus, sizes, args, Path(tmp))
     if "gpu" in wanted:
         results["gpu"] = gpu_status()
     return results

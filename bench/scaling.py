@@ -1,10 +1,11 @@
 """Benchmark: how throughput grows with embed workers and with concurrent clients.
 
 One Triton (embedder) serves every point. For each embed worker count the stages start
-afresh (`ragstream up --scale embed=N`'s processes, own data directory) and the same documents
-are timed through the document path (chunks/s); on the one-worker stack, fresh questions are
-then asked by 1, 8, 32 and 100 concurrent clients (answers/s). A point saturates when it gains
-less than SATURATION_GAIN over the previous one; the first such point is marked on the PNG.
+afresh (`ragstream up --scale embed=N`'s processes, own data directory, own broker) and the
+same documents are timed through the document path (chunks/s); on the one-worker stack, fresh
+questions are then asked by 1, 8, 32 and 100 concurrent clients (answers/s). A point
+saturates when it gains less than SATURATION_GAIN over the previous one; the first such point
+is marked on the PNG.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from bench.document_path import stages_running, time_path, triton_running
+from bench.document_path import fresh_broker, stages_running, time_path, triton_running
 from bench.measure import spread
 from services.cli.ask_cmd import ask_questions
 
@@ -59,7 +60,6 @@ def _answers_per_s(
 
 
 def scaling_figures(
-    bootstrap: str,
     work: Path,
     texts: list[str],
     questions: dict[int, list[str]],
@@ -72,7 +72,10 @@ def scaling_figures(
     with triton_running(work / "scaling") as triton_url:
         for workers in WORKERS:
             data_dir = work / f"scaling-{workers}"
-            with stages_running(bootstrap, data_dir, triton_url, env, {"embed": workers}):
+            with (
+                fresh_broker() as bootstrap,
+                stages_running(bootstrap, data_dir, triton_url, env, {"embed": workers}),
+            ):
                 warm = [f"{t} (warm-up {workers})" for t in texts[:WARM_UP_DOCUMENTS]]
                 asyncio.run(time_path(bootstrap, warm, 600, f"scaling-warm-{workers}"))
                 seconds, chunks = asyncio.run(time_path(bootstrap, texts, 1800, "scaling"))
