@@ -1,12 +1,12 @@
 """Benchmark: many clients, traffic with repeats and paraphrases, the semantic cache on.
 
-`CLIENTS` questions in flight (`ragstream ask`'s code) over seeded traffic (bench/traffic.py:
-60% fresh, 25% exact repeats, 15% paraphrases). Per answer: the cache that answered it
-(AnswerV1.cache_hit), its tokens, and the CPU it cost: the CPU time (psutil, user + system)
-over the run of the stage processes, of Triton's processes (server and Python-backend stub)
-and of the broker, divided by the answers. Not Triton's `compute_infer` statistic: it is per
-request, so a batch's time counts once for every request in it (32 questions at once: 2,315
-ms of it for 157 ms of wall time).
+`CLIENTS` questions in flight (`ragstream ask`'s code) over seeded traffic
+(bench/traffic.py: 60% fresh, 25% exact repeats, 15% paraphrases). Per answer: the cache
+that answered it (AnswerV1.cache_hit), its tokens, and the CPU it cost: the CPU time
+(psutil, user + system) over the run of the stage processes (also per stage), of Triton's
+processes (server and Python-backend stub) and of the broker, divided by the answers. Not
+Triton's `compute_infer` statistic: it is per request, so a batch's time counts once for
+every request in it (32 questions at once: 2,315 ms of it for 157 ms of wall time).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from bench.measure import Processes, spread
 from bench.traffic import TrafficQuestion, mix
 from services.cli.ask_cmd import AskResult, ask_questions
+from services.runtime.stage import STAGES
 
 CLIENTS = 32
 
@@ -40,8 +41,7 @@ def load_figures(
     bootstrap: str, tenant: str, traffic: list[TrafficQuestion], command: str
 ) -> dict[str, Any]:
     """Answers/s, latency, cache hit ratios, CPU time and tokens per answer."""
-    groups = {
-        "stages": Processes.stages(),
+    groups = {stage: Processes.stage(stage) for stage in STAGES} | {
         "triton": Processes.named("tritonserver", "triton_python_backend_stub"),
         "broker": Processes.named("tansu"),
     }
@@ -53,6 +53,10 @@ def load_figures(
     cpu_s = {name: group.cpu_seconds() - before[name] for name, group in groups.items()}
     answers = [r.answer for r in results if r.answer is not None]
     answered = max(1, len(answers))
+
+    def per_answer(cpu_seconds: float) -> float:
+        return round(cpu_seconds * 1000 / answered, 1)
+
     cache = Counter(a.cache_hit for a in answers)
     return {
         "clients": CLIENTS,
@@ -70,8 +74,11 @@ def load_figures(
         "cache_hits_by_kind": _hits(results, traffic),
         "processes": {name: len(group.processes) for name, group in groups.items()},
         "cpu_ms_per_answer": {
-            **{name: round(s * 1000 / answered, 1) for name, s in cpu_s.items()},
-            "total": round(sum(cpu_s.values()) * 1000 / answered, 1),
+            "stages": per_answer(sum(cpu_s[stage] for stage in STAGES)),
+            "triton": per_answer(cpu_s["triton"]),
+            "broker": per_answer(cpu_s["broker"]),
+            "total": per_answer(sum(cpu_s.values())),
+            "by_stage": {stage: per_answer(cpu_s[stage]) for stage in STAGES},
         },
         "tokens_per_answer": round(
             sum(a.input_tokens + a.output_tokens for a in answers) / answered, 1

@@ -78,9 +78,13 @@ class Processes:
         return cls(found)
 
     @classmethod
-    def stages(cls) -> Processes:
-        """The stage processes (`ragstream serve STAGE`)."""
-        return cls._matching(lambda command: "services.cli.main" in command and "serve" in command)
+    def stage(cls, name: str) -> Processes:
+        """One stage's processes (`ragstream serve NAME`, each worker)."""
+        return cls._matching(
+            lambda command: (
+                "services.cli.main" in command and "serve" in command and name in command
+            )
+        )
 
     @classmethod
     def named(cls, *names: str) -> Processes:

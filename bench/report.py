@@ -22,8 +22,9 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     out: list[tuple[str, str, str, str, str]] = []
     doc = report["benchmarks"].get("document_path")
     if doc:
+        out.append(("document path", "pipeline", f"{doc['path_chunks_per_s']} chunks/s", "", ""))
+    if doc and "path_over_in_process" in doc:  # absent when a later benchmark failed first
         out += [
-            ("document path", "pipeline", f"{doc['path_chunks_per_s']} chunks/s", "", ""),
             ("document path", "in-process limit (batch "
              f"{doc['best_batch_size']})", f"{doc['in_process_chunks_per_s']} chunks/s", "", ""),
             ("document path", "pipeline / limit", f"{doc['path_over_in_process']}", ">= 0.8",
@@ -126,6 +127,8 @@ def _load(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
          "", ""),
         (name, "CPU per answer: stages + Triton + broker", f"{cpu['stages']} + "
          f"{cpu['triton']} + {cpu['broker']} = {cpu['total']} ms", "", ""),
+        (name, "CPU per answer by stage", ", ".join(
+            f"{stage} {ms}" for stage, ms in cpu.get("by_stage", {}).items()) + " ms", "", ""),
         (name, "tokens per answer", f"{b['tokens_per_answer']}", "", ""),
     ]  # fmt: skip
 
@@ -179,6 +182,9 @@ def markdown(report: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     lines += [f"| {' | '.join(row)} |" for row in rows(report)]
+    if report.get("error"):
+        last = report["error"].strip().splitlines()[-1]
+        lines += ["", f"**Stopped by an error** (traceback in the JSON): `{last}`"]
     return "\n".join(lines) + "\n"
 
 
