@@ -119,7 +119,9 @@ def stage_breakdown(lineage: dict[str, list[dict[str, Any]]]) -> dict[str, dict[
     works: dict[str, list[float]] = defaultdict(list)
     for records in lineage.values():
         for r in records:
-            waits[r["stage"]].append(_ms(r["queued_at"], r["started_at"]))
+            # queued_at is optional in the contract (an input without produced_at)
+            if r.get("queued_at"):
+                waits[r["stage"]].append(_ms(r["queued_at"], r["started_at"]))
             works[r["stage"]].append(_ms(r["started_at"], r["finished_at"]))
     return {
         stage: {"records": len(works[stage]), "wait_ms": _spread(waits[stage]),

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -287,7 +288,9 @@ def scaling(
     return figures | {"png": str(png.relative_to(ROOT))}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Run the wanted benchmarks, each figure into `results` as soon as it is measured (so a
+    later benchmark's failure loses none of the earlier ones)."""
     sizes = QUICK if args.quick else FULL
     wanted = [args.only] if args.only else list(BENCHMARKS)
     corpus = make_corpus(sizes["documents"], seed=args.seed)
@@ -300,7 +303,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         every[count - sizes["load_questions"] : count],
     )
     backfill_questions = every[count:]
-    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         if {"document_path", "query_path", "peer_haystack", "backfill"} & set(wanted):
             env = {
@@ -352,7 +354,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["scaling"] = scaling(corpus, sizes, args, Path(tmp))
     if "gpu" in wanted:
         results["gpu"] = gpu_status()
-    return results
 
 
 def main() -> int:
@@ -365,7 +366,12 @@ def main() -> int:
     started = datetime.now(UTC)
     load_start = round(os.getloadavg()[0], 1)
     clock = time.monotonic()
-    benchmarks = run(args)
+    benchmarks: dict[str, Any] = {}
+    error = None
+    try:
+        run(args, benchmarks)
+    except Exception:  # written with what was measured before it, then exit 1
+        error = traceback.format_exc()
     report = {
         "date": started.strftime("%Y-%m-%d"),
         "started_at": started.isoformat(timespec="seconds"),
@@ -377,13 +383,17 @@ def main() -> int:
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, CPU only",
         "load_average": {"start": load_start, "end": round(os.getloadavg()[0], 1)},
         "benchmarks": benchmarks,
-    }
+    } | ({"error": error} if error else {})
     stem = (
         report["date"] + ("-quick" if args.quick else "") + (f"-{args.only}" if args.only else "")
     )
     json_path, md_path = write(report, stem)
     print(markdown(report))
     print(f"written: {json_path.relative_to(ROOT)}, {md_path.relative_to(ROOT)}")
+    if error:
+        print(f"a benchmark failed; the figures above are those measured before it:\n{error}",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
