@@ -26,15 +26,11 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.measure import Processes
 from services.runtime.embedded_broker import EmbeddedBroker
 
 TOPIC = "growth"
 PAYLOAD = b"x" * 300
-
-
-def _cpu_s(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
 
 
 async def _fill(producer: AIOKafkaProducer, topic: str, records: int) -> None:
@@ -44,7 +40,7 @@ async def _fill(producer: AIOKafkaProducer, topic: str, records: int) -> None:
 
 
 async def _tail_cost(
-    bootstrap: str, broker: psutil.Process, producer: AIOKafkaProducer, topic: str, records: int
+    bootstrap: str, broker: Processes, producer: AIOKafkaProducer, topic: str, records: int
 ) -> float:
     """Broker CPU ms a record, produced one at a time and fetched at the tail as it lands."""
     consumer = AIOKafkaConsumer(
@@ -62,13 +58,13 @@ async def _tail_cost(
                 batch = await consumer.getmany(timeout_ms=1000)
                 received += sum(len(got) for got in batch.values())
 
-        before = _cpu_s(broker)
+        before = broker.cpu_seconds()
         reader = asyncio.create_task(read())
         for _ in range(records):
             await (await producer.send(topic, PAYLOAD))
             await asyncio.sleep(0.01)
         await asyncio.wait_for(reader, timeout=60)
-        return (_cpu_s(broker) - before) * 1000 / records
+        return (broker.cpu_seconds() - before) * 1000 / records
     finally:
         await consumer.stop()
 
@@ -78,7 +74,7 @@ async def measure(batches: list[int], records: int, control_batch: int) -> dict[
     with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap_servers
         assert broker.pid is not None
-        process = psutil.Process(broker.pid)
+        process = Processes([psutil.Process(broker.pid)])
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         try:

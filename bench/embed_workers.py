@@ -26,14 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiokafka import AIOKafkaProducer
 
+from bench.document_path import fresh_broker
 from bench.embed import make_chunks
 from contracts.registry import TOPICS
 from contracts.v1 import ChunkV1, ProducedBy
 from inference.server import TritonServer
 from services.cli.supervisor import child_env
 from services.runtime.broker import consumer_group
-from services.runtime.embedded_broker import EmbeddedBroker
-from services.runtime.kafka_admin import ensure_topics
 from services.runtime.publishing import event_bytes
 from services.runtime.topic_reader import TopicTail
 
@@ -138,17 +137,19 @@ def measure(workers: int, env: dict[str, str], data_dir: Path, args: argparse.Na
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
+    rates: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
-        ensure_topics(broker.bootstrap_servers)
         models_dir = Path(os.environ.get("RAGSTREAM_DATA_DIR", ".ragstream"))
         with TritonServer(models_dir, work_dir=data_dir / "triton", models=("embedder",)) as triton:
-            env = child_env(
-                RAGSTREAM_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
-                RAGSTREAM_DATA_DIR=str(data_dir),
-                RAGSTREAM_TRITON_URL=triton.grpc_url,
-            )
-            rates = {n: measure(n, env, data_dir, args) for n in (1, 2)}
+            for workers in (1, 2):  # each on a new broker: an old one's records slow the next
+                with fresh_broker() as bootstrap:
+                    env = child_env(
+                        RAGSTREAM_BOOTSTRAP_SERVERS=bootstrap,
+                        RAGSTREAM_DATA_DIR=str(data_dir),
+                        RAGSTREAM_TRITON_URL=triton.grpc_url,
+                    )
+                    rates[workers] = measure(workers, env, data_dir, args)
     return {
         "chunks": args.chunks,
         "words_per_chunk": args.words,
