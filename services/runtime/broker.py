@@ -109,14 +109,17 @@ def fetch_max_wait_ms(spec: TopicSpec) -> int:
     return FETCH_MAX_WAIT_MS if spec.name in QUESTION_PATH else BACKGROUND_FETCH_MAX_WAIT_MS
 
 
-def subscriber_options(stage: str, spec: TopicSpec) -> dict[str, Any]:
+def subscriber_options(
+    stage: str, spec: TopicSpec, fetch_wait_ms: int | None = None
+) -> dict[str, Any]:
     """At-least-once: commit after the handler (and its publishes) finished; on an error that
-    escapes the dead-letter middleware, seek back so the event is consumed again."""
+    escapes the dead-letter middleware, seek back so the event is consumed again.
+    `fetch_wait_ms` replaces the topic's fetch wait (`fetch_max_wait_ms`) for this consumer."""
     return {
         "group_id": consumer_group(stage, spec),
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "auto_offset_reset": "earliest",
-        "fetch_max_wait_ms": fetch_max_wait_ms(spec),
+        "fetch_max_wait_ms": fetch_wait_ms or fetch_max_wait_ms(spec),
         "listener": OwnedPartitions(stage),
     }
 
@@ -129,16 +132,23 @@ def subscribe_batches(
     *,
     max_records: int,
     wait_ms: int,
+    fetch_wait_ms: int | None = None,
+    fetch_min_bytes: int = 1,
 ) -> None:
     """Register `handler` for batches of up to `max_records` records of `spec`'s topic
-    (waiting at most `wait_ms` to fill one), in the stage's consumer group, at least once."""
+    (waiting at most `wait_ms` to fill one), in the stage's consumer group, at least once.
+
+    A consumer that would rather take fewer, larger batches than take them soon names a
+    longer `fetch_wait_ms` and a `fetch_min_bytes`: Kafka then holds a fetch until that many
+    bytes arrived or the wait ran out, and Tansu holds every fetch until the wait runs out."""
     router.subscriber(
         spec.name,
         batch=True,
         max_records=max_records,
         batch_timeout_ms=wait_ms,
+        fetch_min_bytes=fetch_min_bytes,
         title=f"{stage}:{spec.short_name}",
-        **subscriber_options(stage, spec),
+        **subscriber_options(stage, spec, fetch_wait_ms),
     )(handler)
 
 
