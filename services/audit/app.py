@@ -9,15 +9,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from faststream import Context, FastStream
+from faststream import FastStream
 from faststream.kafka import KafkaRouter
-from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 
 from contracts.registry import TOPICS
 from contracts.v1 import AnswerV1, LineageRecordV1
 from services.audit.store import AuditStore, audit_db_path
 from services.runtime.batches import validate_batch
 from services.runtime.broker import subscribe_batches
+from services.runtime.loop_context import KafkaBroker, KafkaMessage, LoopContext
 from services.runtime.settings import RuntimeSettings
 from services.runtime.stage import stage_app
 
@@ -46,7 +46,7 @@ class AuditResources:
             await asyncio.to_thread(self.store.write, records, answers)
 
 
-Audit = Annotated[AuditResources, Context("audit")]
+Audit = Annotated[AuditResources, LoopContext("audit")]
 
 
 async def store_lineage(

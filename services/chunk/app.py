@@ -6,9 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from faststream import Context, FastStream
+from faststream import FastStream
 from faststream.kafka import KafkaRouter
-from faststream.kafka.annotations import KafkaBroker
 from pydantic import JsonValue
 
 from contracts.registry import TOPICS
@@ -22,6 +21,7 @@ from contracts.v1.envelope import utc_now
 from services.chunk.chunker import Chunker, chunk_id, load_tokenizer
 from services.runtime.broker import subscriber_options
 from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.loop_context import KafkaBroker, LoopContext
 from services.runtime.publishing import derived_event_id, derived_from, publish_event
 from services.runtime.settings import ChunkSettings
 from services.runtime.stage import stage_app
@@ -30,7 +30,7 @@ STAGE = "chunk"
 router = KafkaRouter()
 chunks = router.publisher(TOPICS.chunks.name, title="chunks")
 
-ChunkerDep = Annotated[Chunker, Context("chunker")]
+ChunkerDep = Annotated[Chunker, LoopContext("chunker")]
 
 
 @router.subscriber(

@@ -9,10 +9,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from faststream import Context, FastStream
+from faststream import FastStream
 from faststream.exceptions import NackMessage
 from faststream.kafka import KafkaRouter
-from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from pydantic import JsonValue
 
 from contracts.registry import TOPICS
@@ -33,6 +32,7 @@ from services.runtime.batches import validate_batch
 from services.runtime.broker import subscribe_batches
 from services.runtime.health import READINESS, triton_check
 from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.loop_context import KafkaBroker, KafkaMessage, LoopContext
 from services.runtime.metrics import DOCUMENT_HOLD
 from services.runtime.publishing import Publisher, derived_from, publish_event
 from services.runtime.runstate import resolve_triton_url
@@ -53,7 +53,7 @@ class EmbedResources:
     query_vectors: Publisher
 
 
-Embed = Annotated[EmbedResources, Context("embed")]
+Embed = Annotated[EmbedResources, LoopContext("embed")]
 
 
 def embedding_text(chunk: ChunkContentV1) -> str:

@@ -13,9 +13,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from faststream import Context, FastStream
+from faststream import FastStream
 from faststream.kafka import KafkaRouter
-from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from pydantic import JsonValue
 
 from contracts.registry import TOPICS
@@ -35,6 +34,7 @@ from services.runtime.batches import validate_batch
 from services.runtime.broker import subscribe_batches
 from services.runtime.health import READINESS, triton_check
 from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.loop_context import KafkaBroker, KafkaMessage, LoopContext
 from services.runtime.metrics import alert_active, alert_raised, generation_charged, model_called
 from services.runtime.publishing import Publisher, derived_from, publish_event
 from services.runtime.runstate import resolve_triton_url
@@ -58,7 +58,7 @@ class GenerateResources:
     health: TierHealth
 
 
-Generate = Annotated[GenerateResources, Context("generate")]
+Generate = Annotated[GenerateResources, LoopContext("generate")]
 
 
 def _prompt_for(

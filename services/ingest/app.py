@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from faststream import Context, FastStream
+from faststream import FastStream
 from faststream.kafka import KafkaRouter
-from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from pydantic import JsonValue
 
 from contracts.registry import TOPICS, TopicSpec
@@ -34,6 +33,7 @@ from services.runtime.answers import refusal_answer
 from services.runtime.broker import subscriber_options
 from services.runtime.dead_letters import reject_record
 from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.loop_context import KafkaBroker, KafkaMessage, LoopContext
 from services.runtime.publishing import derived_from, publish_event
 from services.runtime.settings import IngestSettings
 from services.runtime.stage import stage_app
@@ -67,7 +67,7 @@ class IngestResources:
         )
 
 
-Ingest = Annotated[IngestResources, Context("ingest")]
+Ingest = Annotated[IngestResources, LoopContext("ingest")]
 
 
 async def _turn_away(

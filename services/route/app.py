@@ -9,9 +9,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from faststream import AckPolicy, Context, FastStream
+from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaRouter
-from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from pydantic import JsonValue
 
 from contracts.registry import TOPICS
@@ -34,6 +33,7 @@ from services.runtime.batches import validate_batch
 from services.runtime.broker import fetch_max_wait_ms, subscribe_batches
 from services.runtime.health import READINESS
 from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.loop_context import KafkaBroker, KafkaMessage, LoopContext
 from services.runtime.metrics import alert_raised, cache_decided
 from services.runtime.publishing import Publisher, derived_from, publish_event
 from services.runtime.runstate import resolve_bootstrap
@@ -56,7 +56,7 @@ class RouteResources:
     alerts: Publisher
 
 
-Route = Annotated[RouteResources, Context("route")]
+Route = Annotated[RouteResources, LoopContext("route")]
 
 
 async def index_chunk_vectors(

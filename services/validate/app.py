@@ -8,9 +8,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from faststream import Context, FastStream
+from faststream import FastStream
 from faststream.kafka import KafkaRouter
-from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from pydantic import JsonValue
 
 from contracts.registry import TOPICS
@@ -20,6 +19,7 @@ from services.runtime.answers import latency_ms, refusal_answer
 from services.runtime.batches import validate_batch
 from services.runtime.broker import subscribe_batches
 from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.loop_context import KafkaBroker, KafkaMessage, LoopContext
 from services.runtime.publishing import Publisher, derived_from, publish_event
 from services.runtime.settings import QuerySettings
 from services.runtime.stage import stage_app
@@ -39,7 +39,7 @@ class ValidateResources:
     generation_requests: Publisher
 
 
-Validate = Annotated[ValidateResources, Context("validate")]
+Validate = Annotated[ValidateResources, LoopContext("validate")]
 
 
 def _cost(settings: QuerySettings, generation: GenerationV1) -> float:
