@@ -5,7 +5,6 @@ of its fallback chain, which ends with `extractive`, so a request is never stuck
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -185,8 +184,8 @@ async def generate_batch(
 ) -> None:
     """The batch's requests run concurrently, so Triton batches them on the model."""
     batch = validate_batch(message, TOPICS.generation_requests)
-    await asyncio.gather(
-        *(batch.traced(r, STAGE, generate_one(r, broker, generate)) for r in batch.events)
+    await batch.handle_each(
+        broker, STAGE, lambda r: generate_one(r, broker, generate), concurrently=True
     )
     await batch.dead_letter_invalid(broker, STAGE)
 

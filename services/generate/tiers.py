@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import httpx
 
 from contracts.v1 import GenerationRequestV1
-from inference.exceptions import InferenceUnavailableError
+from inference.exceptions import InferenceRequestError, InferenceUnavailableError
 from inference.generation import ChatMessage, GenerationRequest
 from services.generate.extractive import extract_answer
 from services.runtime.rollout import Arm, canary_arm
@@ -166,7 +166,9 @@ class TritonTier:
                 model=self.spec.model or None,
                 **pinned,
             )
-        except InferenceUnavailableError as error:
+        except (InferenceUnavailableError, InferenceRequestError) as error:
+            # Rejected (e.g. a model this Triton does not serve) is as good as unreachable for
+            # this request: the next tier of the chain answers it, and the answer says why.
             raise TierUnavailableError(f"{self.spec.name}: {error}") from error
         return TierOutput(
             restore_chunk_ids(result.text, request),

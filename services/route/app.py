@@ -200,9 +200,7 @@ async def route_queries(
     values: list[bytes], message: KafkaMessage, broker: KafkaBroker, route: Route
 ) -> None:
     batch = validate_batch(message, TOPICS.query_vectors)
-    for query in batch.events:
-        with batch.span(query, STAGE):
-            await route_query(query, broker, route)
+    await batch.handle_each(broker, STAGE, lambda q: route_query(q, broker, route))
     await batch.dead_letter_invalid(broker, STAGE)
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from aiokafka import ConsumerRecord
+from faststream.exceptions import HandlerException, StopConsume
 from faststream.message import StreamMessage
 from opentelemetry.context import Context
 from opentelemetry.trace import Span
@@ -14,6 +17,7 @@ from pydantic import ValidationError
 
 from contracts.registry import TopicSpec
 from services.runtime.dead_letters import (
+    broker_trouble,
     classify,
     dead_letter_for,
     header_problem,
@@ -22,6 +26,9 @@ from services.runtime.dead_letters import (
 from services.runtime.tracing import event_span, shared_span, trace_context_of
 
 T = TypeVar("T")
+logger = logging.getLogger("ragstream.dlq")
+#: Tries of an event whose handling fails in a batch, before it is dead-lettered alone.
+EVENT_ATTEMPTS = 3
 
 
 class BatchValidation:
@@ -39,6 +46,8 @@ class BatchValidation:
         self.invalid: list[tuple[ConsumerRecord[Any, Any], BaseException]] = []
         #: The trace context each event's record carried, by event id.
         self.trace_contexts: dict[str, Context] = {}
+        #: The record each event came in, by event id.
+        self.records: dict[str, ConsumerRecord[Any, Any]] = {}
 
     def span(self, event: Any, stage: str) -> AbstractContextManager[Span]:
         """Trace `event`'s own work (and what it publishes) in the trace it came with."""
@@ -54,6 +63,63 @@ class BatchValidation:
     def shared_span(self, stage: str, what: str) -> AbstractContextManager[Span]:
         """Trace work the batch's events share (one model call for all of them)."""
         return shared_span(f"{stage} {what}", stage, list(self.trace_contexts.values()))
+
+    async def handle_each(
+        self,
+        broker: Any,
+        stage: str,
+        handle: Callable[[Any], Awaitable[None]],
+        *,
+        concurrently: bool = False,
+    ) -> None:
+        """`handle` every valid event in its span (`concurrently`: all at once, so a model
+        batches them). An event whose handling keeps failing is tried `EVENT_ATTEMPTS` times,
+        then dead-lettered alone: its neighbours' effects stand and are not repeated, as they
+        would be if the whole batch were retried and dead-lettered. Broker trouble still fails
+        the batch, which is then consumed again."""
+        pending = list(self.events)
+        for attempt in range(1, EVENT_ATTEMPTS + 1):
+            if concurrently:
+                outcomes = await asyncio.gather(
+                    *(self.traced(e, stage, handle(e)) for e in pending), return_exceptions=True
+                )
+            else:
+                outcomes = [await self._outcome(e, stage, handle) for e in pending]
+            failed = [(e, o) for e, o in zip(pending, outcomes, strict=True) if o is not None]
+            for _, error in failed:
+                if broker_trouble(error) or isinstance(error, HandlerException | StopConsume):
+                    raise error  # consumed again (or as the handler asked), not dead-lettered
+                if not isinstance(error, Exception):
+                    raise error
+            if not failed:
+                return
+            pending = [e for e, _ in failed]
+            if attempt == EVENT_ATTEMPTS:
+                for event, error in failed:
+                    await self._dead_letter_failed(broker, stage, event, error, attempt)
+                return
+            await asyncio.sleep(0.2 * attempt)
+
+    async def _outcome(
+        self, event: Any, stage: str, handle: Callable[[Any], Awaitable[None]]
+    ) -> BaseException | None:
+        try:
+            await self.traced(event, stage, handle(event))
+        except Exception as error:
+            return error
+        return None
+
+    async def _dead_letter_failed(
+        self, broker: Any, stage: str, event: Any, error: BaseException, tries: int
+    ) -> None:
+        record = self.records[event.event_id]
+        kind, reason = classify(record.value, error, record.headers)
+        logger.error(
+            "stage %s failed on event %s %d times; dead-lettered", stage, event.event_id, tries,
+            exc_info=error,
+        )  # fmt: skip
+        with self.span(event, stage):
+            await publish_dead_letter(broker, dead_letter_for(record, stage, kind, reason, tries))
 
     async def dead_letter_invalid(self, broker: Any, stage: str) -> None:
         for record, error in self.invalid:
@@ -76,6 +142,7 @@ def validate_batch(message: StreamMessage[Any], spec: TopicSpec) -> BatchValidat
             result.invalid.append((record, exc))
             continue
         result.events.append(event)
+        result.records[event.event_id] = record
         # A single record's consumer span is already in its trace; a batch's is not.
         if batched and (context := trace_context_of(record.headers)) is not None:
             result.trace_contexts[event.event_id] = context

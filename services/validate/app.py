@@ -173,9 +173,7 @@ async def validate_batch_of_generations(
     values: list[bytes], message: KafkaMessage, broker: KafkaBroker, validate: Validate
 ) -> None:
     batch = validate_batch(message, TOPICS.generations)
-    for generation in batch.events:
-        with batch.span(generation, STAGE):
-            await validate_one(generation, broker, validate)
+    await batch.handle_each(broker, STAGE, lambda g: validate_one(g, broker, validate))
     await batch.dead_letter_invalid(broker, STAGE)
 
 

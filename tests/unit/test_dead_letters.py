@@ -1,6 +1,8 @@
 """Dead-letter classification: each kind of bad record gets a readable reason."""
 
+import base64
 import json
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -14,7 +16,11 @@ from faststream.kafka import KafkaBroker, TestKafkaBroker
 from pydantic import ValidationError
 
 from contracts.registry import TOPICS
+from services.cli.ask_cmd import query_event
+from services.runtime.batches import EVENT_ATTEMPTS, validate_batch
 from services.runtime.dead_letters import DeadLetterMiddleware, classify
+from services.runtime.loop_context import KafkaMessage
+from services.runtime.publishing import event_bytes, strict_json_decoder
 
 
 def _validation_error(value: bytes) -> ValidationError:
@@ -114,3 +120,43 @@ async def test_an_ordinary_error_and_a_record_too_large_are_dead_lettered_after_
         assert len(calls) == 2
         assert [d["error_kind"] for d in dead] == ["handler_error"]
         assert type(error).__name__ in dead[0]["reason"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("concurrently", [False, True])
+async def test_a_failing_event_of_a_batch_is_dead_lettered_alone_and_its_neighbours_once(
+    concurrently: bool,
+) -> None:
+    """Retrying or dead-lettering the whole batch would repeat the neighbours' effects (a
+    second generation, a second answer) and dead-letter events that were handled."""
+    broker = KafkaBroker(
+        middlewares=[DeadLetterMiddleware.for_stage("generate", attempts=3, retry_wait_s=0.01)],
+        decoder=strict_json_decoder,
+    )
+    events = [query_event(f"How many desks are on floor {n}?", "acme") for n in range(3)]
+    failing = events[1].event_id
+    handled: Counter[str] = Counter()
+    dead: list[Any] = []
+
+    @broker.subscriber(TOPICS.queries.name, batch=True)
+    async def handler(values: list[bytes], message: KafkaMessage) -> None:
+        async def handle(event: Any) -> None:
+            handled[event.event_id] += 1
+            if event.event_id == failing:
+                raise ZeroDivisionError("boom")
+
+        batch = validate_batch(message, TOPICS.queries)
+        await batch.handle_each(broker, "generate", handle, concurrently=concurrently)
+
+    @broker.subscriber(TOPICS.dlq.name)
+    async def dlq_sink(letter: dict[str, Any]) -> None:
+        dead.append(letter)
+
+    async with TestKafkaBroker(broker) as test_broker:
+        await test_broker.publish_batch(
+            *(event_bytes(e) for e in events), topic=TOPICS.queries.name
+        )
+    assert handled == {events[0].event_id: 1, failing: EVENT_ATTEMPTS, events[2].event_id: 1}
+    assert [(d["stage"], d["error_kind"]) for d in dead] == [("generate", "handler_error")]
+    assert "ZeroDivisionError: boom" in dead[0]["reason"]
+    assert json.loads(base64.b64decode(dead[0]["original_value"]))["event_id"] == failing

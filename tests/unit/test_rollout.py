@@ -9,9 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from contracts.v1 import GenerationRequestV1, ProducedBy
+from inference.exceptions import InferenceRequestError
 from inference.generation import ChatMessage, GenerationRequest, GenerationResult
 from inference.prompts import load_prompt
-from services.generate.tiers import TritonTier, build_arms, model_arm
+from services.generate.tiers import TierUnavailableError, TritonTier, build_arms, model_arm
 from services.route.planner import choose_prompt
 from services.runtime.rollout import canary_arm
 from services.runtime.settings import QuerySettings, TierSpec
@@ -145,3 +146,23 @@ def test_the_second_prompt_version_asks_for_a_quoted_sentence() -> None:
     assert rendered != v1.render("How many days?", sources, ["no citation"])
     assert "quot" in rendered[0].content.lower() and "[1] Staff get 25 days." in rendered[1].content
     assert "no citation" in rendered[1].content
+
+
+async def test_a_request_triton_rejects_makes_the_tier_unavailable_so_the_chain_falls_back() -> (
+    None
+):
+    """A model this Triton does not serve (NOT_FOUND) must not lose the question: generate
+    goes on along the fallback chain, as it does when Triton is unreachable."""
+
+    class _Rejecting(_Triton):
+        async def generate(
+            self, request: GenerationRequest, model: str | None = None, **pinned: str
+        ) -> GenerationResult:
+            raise InferenceRequestError(
+                "Triton rejected the request (StatusCode.NOT_FOUND): Request for unknown model"
+            )
+
+    arms = build_arms(TierSpec(name="small", kind="triton", model="generator"), _Rejecting(), 200)
+    runner, _ = arms.for_request("req-1")
+    with pytest.raises(TierUnavailableError, match=r"small: .*unknown model"):
+        await runner.run(_request("req-1"), ASK)
