@@ -12,16 +12,23 @@ every request in it (32 questions at once: 2,315 ms of it for 157 ms of wall tim
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from typing import Any
 
 from bench.measure import Processes, spread
 from bench.traffic import TrafficQuestion, mix
+from contracts.registry import TOPICS
 from services.cli.ask_cmd import AskResult, ask_questions
 from services.runtime.stage import STAGES
+from services.runtime.topic_reader import read_topic
 
 CLIENTS = 32
+#: A question with no answer by then counts as unanswered (client p99 is ~3 s at full size).
+ASK_TIMEOUT_S = 120
+#: How often the CPU of the stack is read while the clients ask.
+CPU_SAMPLE_S = 0.5
 
 
 def _hits(results: list[AskResult], traffic: list[TrafficQuestion]) -> dict[str, dict[str, int]]:
@@ -45,12 +52,8 @@ def load_figures(
         "triton": Processes.named("tritonserver", "triton_python_backend_stub"),
         "broker": Processes.named("tansu"),
     }
-    before = {name: group.cpu_seconds() for name, group in groups.items()}
-    started = time.perf_counter()
     questions = [q.question for q in traffic]
-    results = asyncio.run(ask_questions(bootstrap, tenant, questions, 120, CLIENTS))
-    seconds = time.perf_counter() - started
-    cpu_s = {name: group.cpu_seconds() - before[name] for name, group in groups.items()}
+    results, seconds, cpu_s = asyncio.run(_asked(bootstrap, tenant, questions, groups))
     answers = [r.answer for r in results if r.answer is not None]
     answered = max(1, len(answers))
 
@@ -83,5 +86,65 @@ def load_figures(
         "tokens_per_answer": round(
             sum(a.input_tokens + a.output_tokens for a in answers) / answered, 1
         ),
+        "unanswered": _unanswered(bootstrap, [r for r in results if r.answer is None]),
         "command": command,
     }
+
+
+def _cpu(groups: dict[str, Processes]) -> dict[str, float]:
+    return {name: group.cpu_seconds() for name, group in groups.items()}
+
+
+async def _asked(
+    bootstrap: str, tenant: str, questions: list[str], groups: dict[str, Processes]
+) -> tuple[list[AskResult], float, dict[str, float]]:
+    """The results, and the seconds and CPU seconds (per group) from the first question to
+    the last answer: a question that never gets one holds the run until its timeout
+    (`ASK_TIMEOUT_S`), and that idle wait is not the answers' cost."""
+    started, before = time.perf_counter(), _cpu(groups)
+    trail: list[tuple[float, dict[str, float]]] = []
+    last_answer = started
+
+    def answered(result: AskResult) -> None:
+        nonlocal last_answer
+        if result.answer is not None:
+            last_answer = time.perf_counter()
+
+    async def sample() -> None:
+        while True:
+            await asyncio.sleep(CPU_SAMPLE_S)
+            trail.append((time.perf_counter(), _cpu(groups)))
+
+    sampler = asyncio.create_task(sample())
+    try:
+        results = await ask_questions(
+            bootstrap, tenant, questions, ASK_TIMEOUT_S, CLIENTS, on_result=answered
+        )
+    finally:
+        sampler.cancel()
+    trail.append((time.perf_counter(), _cpu(groups)))
+    at, after = next((t, cpu) for t, cpu in trail if t >= last_answer)
+    return results, at - started, {name: after[name] - before[name] for name in groups}
+
+
+def _unanswered(bootstrap: str, unanswered: list[AskResult]) -> dict[str, dict[str, Any]]:
+    """Where each unanswered question's trail ends: its lineage (`stage:outcome` in order),
+    any dead letter (`dlq:stage:error_kind`, with its reason); a question's correlation id is
+    its request id."""
+    trails: dict[str, dict[str, Any]] = {
+        r.request_id: {"question": r.question, "trail": [], "reasons": []} for r in unanswered
+    }
+    if not trails:
+        return {}
+    for topic in (TOPICS.audit, TOPICS.dlq):
+        for record in asyncio.run(read_topic(bootstrap, topic.name, 120)):
+            payload = json.loads(record.value)
+            found = trails.get(payload.get("correlation_id"))
+            if found is None:
+                continue
+            if topic is TOPICS.audit:
+                found["trail"].append(f"{payload.get('stage')}:{payload.get('outcome')}")
+            else:
+                found["trail"].append(f"dlq:{payload.get('stage')}:{payload.get('error_kind')}")
+                found["reasons"].append(str(payload.get("reason"))[:1000])
+    return trails

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,17 @@ def _load(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         (name, "CPU per answer by stage", ", ".join(
             f"{stage} {ms}" for stage, ms in cpu.get("by_stage", {}).items()) + " ms", "", ""),
         (name, "tokens per answer", f"{b['tokens_per_answer']}", "", ""),
+        (name, "unanswered in 120 s: where each one's lineage ends", _trail_ends(b), "", ""),
     ]  # fmt: skip
+
+
+def _trail_ends(b: dict[str, Any]) -> str:
+    """How many unanswered questions end their lineage at each `stage:outcome`."""
+    trails = b.get("unanswered", {})
+    if not trails:
+        return "none"
+    ends = Counter((t["trail"] or ["no lineage"])[-1] for t in trails.values())
+    return f"{len(trails)}: " + ", ".join(f"{n} at {end}" for end, n in ends.most_common())
 
 
 def _scaling(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
