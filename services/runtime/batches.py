@@ -84,13 +84,12 @@ class BatchValidation:
                     *(self.traced(e, stage, handle(e)) for e in pending), return_exceptions=True
                 )
             else:
-                outcomes = [await self._outcome(e, stage, handle) for e in pending]
+                outcomes = []
+                for event in pending:  # in order; broker trouble stops the batch at once
+                    outcomes.append(_raise_if_batch_wide(await self._outcome(event, stage, handle)))
             failed = [(e, o) for e, o in zip(pending, outcomes, strict=True) if o is not None]
             for _, error in failed:
-                if broker_trouble(error) or isinstance(error, HandlerException | StopConsume):
-                    raise error  # consumed again (or as the handler asked), not dead-lettered
-                if not isinstance(error, Exception):
-                    raise error
+                _raise_if_batch_wide(error)
             if not failed:
                 return
             pending = [e for e, _ in failed]
@@ -125,6 +124,18 @@ class BatchValidation:
         for record, error in self.invalid:
             kind, reason = classify(record.value, error, record.headers)
             await publish_dead_letter(broker, dead_letter_for(record, stage, kind, reason))
+
+
+def _raise_if_batch_wide(error: BaseException | None) -> BaseException | None:
+    """Raise what is not the event's own fault: broker trouble (the batch is consumed again),
+    FastStream's own exceptions (as the handler asked), cancellation; return anything else."""
+    if error is None:
+        return None
+    if broker_trouble(error) or isinstance(error, HandlerException | StopConsume):
+        raise error
+    if not isinstance(error, Exception):
+        raise error
+    return error
 
 
 def validate_batch(message: StreamMessage[Any], spec: TopicSpec) -> BatchValidation:

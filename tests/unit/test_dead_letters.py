@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from contracts.registry import TOPICS
 from services.cli.ask_cmd import query_event
-from services.runtime.batches import EVENT_ATTEMPTS, validate_batch
+from services.runtime.batches import EVENT_ATTEMPTS, BatchValidation, validate_batch
 from services.runtime.dead_letters import DeadLetterMiddleware, classify
 from services.runtime.loop_context import KafkaMessage
 from services.runtime.publishing import event_bytes, strict_json_decoder
@@ -160,3 +160,25 @@ async def test_a_failing_event_of_a_batch_is_dead_lettered_alone_and_its_neighbo
     assert [(d["stage"], d["error_kind"]) for d in dead] == [("generate", "handler_error")]
     assert "ZeroDivisionError: boom" in dead[0]["reason"]
     assert json.loads(base64.b64decode(dead[0]["original_value"]))["event_id"] == failing
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("concurrently", [False, True])
+async def test_broker_trouble_in_one_event_fails_the_whole_batch_to_be_consumed_again(
+    concurrently: bool,
+) -> None:
+    """Not the event's fault: nothing is dead-lettered, the batch is read again (in order,
+    the events after it are not tried against a broker that refuses publishes)."""
+    batch = BatchValidation(TOPICS.queries)
+    batch.events = [query_event(f"Which floor is room {n} on?", "acme") for n in range(3)]
+    handled: list[str] = []
+
+    async def handle(event: Any) -> None:
+        handled.append(event.event_id)
+        if event.event_id == batch.events[0].event_id:
+            raise KafkaConnectionError()
+
+    with pytest.raises(KafkaConnectionError):
+        await batch.handle_each(None, "route", handle, concurrently=concurrently)
+    expected = [e.event_id for e in batch.events] if concurrently else [batch.events[0].event_id]
+    assert handled == expected
