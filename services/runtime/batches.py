@@ -80,16 +80,15 @@ class BatchValidation:
         pending = list(self.events)
         for attempt in range(1, EVENT_ATTEMPTS + 1):
             if concurrently:
-                outcomes = await asyncio.gather(
+                gathered = await asyncio.gather(
                     *(self.traced(e, stage, handle(e)) for e in pending), return_exceptions=True
                 )
+                outcomes = [_raise_if_batch_wide(outcome) for outcome in gathered]
             else:
                 outcomes = []
                 for event in pending:  # in order; broker trouble stops the batch at once
                     outcomes.append(_raise_if_batch_wide(await self._outcome(event, stage, handle)))
             failed = [(e, o) for e, o in zip(pending, outcomes, strict=True) if o is not None]
-            for _, error in failed:
-                _raise_if_batch_wide(error)
             if not failed:
                 return
             pending = [e for e, _ in failed]
