@@ -78,6 +78,29 @@ async def test_upserts_are_idempotent_and_versions_replace_each_other(index: Vec
     assert await index.count("acme") == 0
 
 
+async def test_local_mode_drops_stale_points_written_before_a_restart(tmp_path: Path) -> None:
+    """Local mode deletes a document's stale points by id, from its own map of the store (it
+    has no payload index): the map is read back at start, so points an earlier process wrote
+    still go when their document's next version lands, and no other document's do."""
+    first = VectorIndex(path=tmp_path / "qdrant")
+    await first.warm_up()
+    other = vector_event("acme", "e", 1, 0, seed=50)
+    await first.upsert([*(vector_event("acme", "d", 1, p, seed=p) for p in range(3)), other])
+    await first.close()
+    second = VectorIndex(path=tmp_path / "qdrant")
+    await second.warm_up()
+    v2 = vector_event("acme", "d", 2, 0, seed=60)
+    await second.upsert([v2])
+    # a chunk id in capitals names the same point (Qdrant keeps UUIDs in lower case)
+    await second.apply_chunk_set(chunk_set("acme", "d", 2, [v2.chunk.chunk_id.upper()]))
+    assert sorted(await second.chunk_ids("acme")) == sorted(
+        [v2.chunk.chunk_id, other.chunk.chunk_id]
+    )
+    await second.apply_chunk_set(chunk_set("acme", "d", 3, [], deleted=True))
+    assert await second.chunk_ids("acme") == [other.chunk.chunk_id]
+    await second.close()
+
+
 async def test_search_never_crosses_tenants(index: VectorIndex) -> None:
     await index.upsert(
         [vector_event("acme", "d", 1, 0, seed=1), vector_event("globex", "d", 1, 0, seed=1)]
