@@ -3,10 +3,11 @@ generation request with their tier, context and budget."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from faststream import AckPolicy, FastStream
@@ -23,6 +24,7 @@ from contracts.v1 import (
     QueryVectorV1,
 )
 from contracts.v1.envelope import utc_now
+from inference.queries_first import QueriesFirst
 from services.route.alerts import BudgetAlerts, budget_alert, read_alerted_keys
 from services.route.budget import SpendLedger
 from services.route.cache import AnswerCache, CacheHit
@@ -42,6 +44,11 @@ from services.runtime.stage import stage_app
 
 STAGE = "route"
 logger = logging.getLogger("ragstream.route")
+#: The longest a batch of chunk vectors waits in all, between its documents, for questions
+#: being routed: in Qdrant's local mode the index runs on this event loop, so a batch held
+#: every question that arrived meanwhile until the whole batch was written. A steady stream
+#: of questions slows indexing down, never stops it.
+INDEX_YIELD_MAX_S = 1.0
 
 
 @dataclass
@@ -54,6 +61,8 @@ class RouteResources:
     generation_requests: Publisher
     answers: Publisher
     alerts: Publisher
+    #: Indexing waits, between documents, while a question is being routed.
+    questions_first: QueriesFirst = field(default_factory=QueriesFirst)
 
 
 Route = Annotated[RouteResources, LoopContext("route")]
@@ -67,6 +76,8 @@ async def index_chunk_vectors(
     Idempotent: points are upserted by chunk id, deletes are by document and set, so a
     batch replayed after a crash leaves the index exactly as one pass would."""
     started = utc_now()
+    loop = asyncio.get_running_loop()
+    yield_until = loop.time() + INDEX_YIELD_MAX_S
     batch = validate_batch(message, TOPICS.chunk_vectors)
     pending: list[ChunkVectorV1] = []
     for event in batch.events:
@@ -77,6 +88,11 @@ async def index_chunk_vectors(
         await route.index.upsert(pending)
         pending = []
         await route.index.apply_chunk_set(event)
+        # Each document is whole in the index now: let a question that came in be routed.
+        await asyncio.sleep(0)
+        if (left := yield_until - loop.time()) > 0:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(route.questions_first.before_document(), left)
     await route.index.upsert(pending)
     changed = {e.tenant_id: e.event_id for e in batch.events if isinstance(e, ChunkSetV1)}
     for tenant_id, version in changed.items():  # the tenant's cached answers are stale now
@@ -200,7 +216,8 @@ async def route_queries(
     values: list[bytes], message: KafkaMessage, broker: KafkaBroker, route: Route
 ) -> None:
     batch = validate_batch(message, TOPICS.query_vectors)
-    await batch.handle_each(broker, STAGE, lambda q: route_query(q, broker, route))
+    async with route.questions_first.query():
+        await batch.handle_each(broker, STAGE, lambda q: route_query(q, broker, route))
     await batch.dead_letter_invalid(broker, STAGE)
 
 

@@ -1,5 +1,6 @@
-"""ingest and chunk handlers, one at a time, on FastStream's in-memory test broker."""
+"""ingest, chunk and route handlers, one at a time, on FastStream's in-memory test broker."""
 
+import asyncio
 import base64
 import importlib
 import inspect
@@ -9,18 +10,26 @@ from typing import Any, get_type_hints
 
 import anyio.to_thread
 import pytest
+from aiokafka import ConsumerRecord
 from fast_depends.library import CustomField
 from faststream.kafka import KafkaBroker, TestKafkaBroker
+from faststream.message import StreamMessage
 
 from contracts.registry import TOPICS
 from contracts.v1 import AcceptedDocumentV1, DocumentUpsertV1, ProducedBy
 from services.chunk import app as chunk_stage
 from services.chunk.chunker import Chunker, load_tokenizer
 from services.ingest import app as ingest_stage
+from services.route import app as route_stage
+from services.route.alerts import BudgetAlerts
+from services.route.budget import SpendLedger
+from services.route.cache import AnswerCache
+from services.route.index import VectorIndex
 from services.runtime.dead_letters import DeadLetterMiddleware
 from services.runtime.loop_context import LoopContext
 from services.runtime.publishing import event_bytes, strict_json_decoder
-from services.runtime.settings import IngestSettings
+from services.runtime.settings import IngestSettings, RouteSettings
+from tests.unit.test_vector_index import chunk_set, vector_event
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 STAGE_APPS = ["ingest", "chunk", "embed", "route", "generate", "validate", "audit"]
@@ -174,3 +183,58 @@ async def test_every_stage_handler_takes_its_context_on_the_loop(stage: str) -> 
     ]
     assert fields, f"no handler of services.{stage}.app takes a context parameter"
     assert all(isinstance(meta, LoopContext) for meta in fields), fields
+
+
+async def _route_and_three_documents(
+    tmp_path: Path,
+) -> tuple[route_stage.RouteResources, StreamMessage[Any]]:
+    """Route's resources on a local index, and a batch of three one-chunk documents."""
+    index = VectorIndex(path=tmp_path / "qdrant")
+    await index.warm_up()
+    cache = AnswerCache(index.client, "ragstream_answers", lru_entries=0, local=True)
+    await cache.warm_up()
+    settings = RouteSettings(data_dir=tmp_path)
+    publishers = route_stage.build_router(settings)[1:]
+    route = route_stage.RouteResources(
+        settings, index, cache, SpendLedger(), BudgetAlerts(0.8), *publishers
+    )
+    events: list[Any] = []
+    for doc in range(3):
+        vector = vector_event("acme", f"doc-{doc}", 1, 0, seed=doc)
+        events += [vector, chunk_set("acme", f"doc-{doc}", 1, [vector.chunk.chunk_id])]
+    records = tuple(
+        ConsumerRecord(TOPICS.chunk_vectors.name, 0, n, 0, 0, None, event_bytes(e), None, 0, 0, [])
+        for n, e in enumerate(events)
+    )
+    return route, StreamMessage(raw_message=records, body=[r.value for r in records])
+
+
+async def test_route_indexing_waits_between_documents_while_a_question_is_routed(
+    tmp_path: Path,
+) -> None:
+    """In Qdrant's local mode the index runs on route's event loop: a batch of chunk vectors
+    stops after each whole document while a question is being routed (it would otherwise
+    hold the question until the whole batch is written), and goes on once it is routed."""
+    route, message = await _route_and_three_documents(tmp_path)
+    async with TestKafkaBroker(KafkaBroker()) as broker:
+        async with route.questions_first.query():
+            indexing = asyncio.create_task(
+                route_stage.index_chunk_vectors([], message, broker, route)
+            )
+            await asyncio.sleep(0.3)
+            assert await route.index.count("acme") == 1 and not indexing.done()
+        await asyncio.wait_for(indexing, 5)
+    assert await route.index.count("acme") == 3
+    await route.index.close()
+
+
+async def test_route_indexing_waits_for_questions_at_most_its_budget_a_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A steady stream of questions slows indexing down but cannot stop it."""
+    monkeypatch.setattr(route_stage, "INDEX_YIELD_MAX_S", 0.2)
+    route, message = await _route_and_three_documents(tmp_path)
+    async with TestKafkaBroker(KafkaBroker()) as broker, route.questions_first.query():
+        await asyncio.wait_for(route_stage.index_chunk_vectors([], message, broker, route), 2)
+        assert await route.index.count("acme") == 3
+    await route.index.close()
