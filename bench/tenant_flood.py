@@ -6,7 +6,8 @@ else running (baseline), then N more while the flooder publishes F tiny document
 questions at once, wave after wave, until the others are done. The flooder's events are
 counted by outcome (accepted, rate-limited at ingest, refused for its budget, answered); its
 limits hold when what ingest accepted stays within burst + rate x seconds (from the first
-publish to ingest's last decision) and what it was answered stays within its budget. Ratio: the others' p99 during the flood / without.
+publish to ingest's last decision) and what it was answered stays within its budget.
+Ratio: the others' p99 during the flood / without.
 """
 
 from __future__ import annotations
