@@ -51,12 +51,12 @@ class QueriesFirst:
                 self._last_done = asyncio.get_running_loop().time()
                 self._idle.set()
 
-    async def before_document(self) -> None:
+    async def before_document(self, max_wait_s: float | None = None) -> None:
         """Return once no question is in flight nor finished within `grace_s`, or after
-        `max_wait_s`, whichever is first."""
+        `max_wait_s` (this call's, else the gate's), whichever is first."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        deadline = started + self.max_wait_s
+        deadline = started + (self.max_wait_s if max_wait_s is None else max_wait_s)
         waited = False
         while (remaining := deadline - loop.time()) > 0:
             if self._in_flight:

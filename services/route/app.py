@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -91,8 +91,7 @@ async def index_chunk_vectors(
         # Each document is whole in the index now: let a question that came in be routed.
         await asyncio.sleep(0)
         if (left := yield_until - loop.time()) > 0:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(route.questions_first.before_document(), left)
+            await route.questions_first.before_document(max_wait_s=left)
     await route.index.upsert(pending)
     changed = {e.tenant_id: e.event_id for e in batch.events if isinstance(e, ChunkSetV1)}
     for tenant_id, version in changed.items():  # the tenant's cached answers are stale now

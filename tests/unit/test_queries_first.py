@@ -80,3 +80,10 @@ async def test_a_failed_question_releases_the_documents() -> None:
         pass
     assert waiter is not None
     await asyncio.wait_for(waiter, 5)
+
+
+async def test_a_call_may_wait_less_than_the_gate_allows() -> None:
+    """Route gives each batch one budget: a call's own `max_wait_s` bounds that call."""
+    gate = QueriesFirst(grace_s=0.0, max_wait_s=60.0)
+    async with gate.query():
+        await asyncio.wait_for(gate.before_document(max_wait_s=0.05), 5)
