@@ -185,7 +185,11 @@ async def generate_batch(
     """The batch's requests run concurrently, so Triton batches them on the model."""
     batch = validate_batch(message, TOPICS.generation_requests)
     await batch.handle_each(
-        broker, STAGE, lambda r: generate_one(r, broker, generate), concurrently=True
+        broker,
+        STAGE,
+        lambda r: generate_one(r, broker, generate),
+        concurrently=True,
+        attempts=generate.settings.handler_attempts,
     )
     await batch.dead_letter_invalid(broker, STAGE)
 

@@ -216,7 +216,12 @@ async def route_queries(
 ) -> None:
     batch = validate_batch(message, TOPICS.query_vectors)
     async with route.questions_first.query():
-        await batch.handle_each(broker, STAGE, lambda q: route_query(q, broker, route))
+        await batch.handle_each(
+            broker,
+            STAGE,
+            lambda q: route_query(q, broker, route),
+            attempts=route.settings.handler_attempts,
+        )
     await batch.dead_letter_invalid(broker, STAGE)
 
 

@@ -14,12 +14,14 @@ from faststream.message import StreamMessage
 from opentelemetry.context import Context
 from opentelemetry.trace import Span
 from pydantic import ValidationError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from contracts.registry import TopicSpec
 from services.runtime.dead_letters import (
     broker_trouble,
     classify,
     dead_letter_for,
+    handler_retry_wait,
     header_problem,
     publish_dead_letter,
 )
@@ -27,8 +29,10 @@ from services.runtime.tracing import event_span, shared_span, trace_context_of
 
 T = TypeVar("T")
 logger = logging.getLogger("ragstream.dlq")
-#: Tries of an event whose handling fails in a batch, before it is dead-lettered alone.
-EVENT_ATTEMPTS = 3
+
+
+class _EventsFailed(Exception):
+    """Some events of a batch failed this try (`handle_each` tries those again)."""
 
 
 class BatchValidation:
@@ -71,32 +75,51 @@ class BatchValidation:
         handle: Callable[[Any], Awaitable[None]],
         *,
         concurrently: bool = False,
+        attempts: int = 3,
+        retry_wait_s: float = 0.2,
     ) -> None:
         """`handle` every valid event in its span (`concurrently`: all at once, so a model
-        batches them). An event whose handling keeps failing is tried `EVENT_ATTEMPTS` times,
-        then dead-lettered alone: its neighbours' effects stand and are not repeated, as they
-        would be if the whole batch were retried and dead-lettered. Broker trouble still fails
-        the batch, which is then consumed again."""
+        batches them). An event whose handling keeps failing is tried `attempts` times (the
+        stage's `handler_attempts`, with the DLQ middleware's wait between tries), then
+        dead-lettered alone: its neighbours' effects stand and are not repeated, as they would
+        be if the whole batch were retried and dead-lettered. Broker trouble still fails the
+        batch, which is then consumed again."""
         pending = list(self.events)
-        for attempt in range(1, EVENT_ATTEMPTS + 1):
-            if concurrently:
-                gathered = await asyncio.gather(
-                    *(self.traced(e, stage, handle(e)) for e in pending), return_exceptions=True
-                )
-                outcomes = [_raise_if_batch_wide(outcome) for outcome in gathered]
-            else:
-                outcomes = []
-                for event in pending:  # in order; broker trouble stops the batch at once
-                    outcomes.append(_raise_if_batch_wide(await self._outcome(event, stage, handle)))
-            failed = [(e, o) for e, o in zip(pending, outcomes, strict=True) if o is not None]
-            if not failed:
-                return
-            pending = [e for e, _ in failed]
-            if attempt == EVENT_ATTEMPTS:
-                for event, error in failed:
-                    await self._dead_letter_failed(broker, stage, event, error, attempt)
-                return
-            await asyncio.sleep(0.2 * attempt)
+        failed: list[tuple[Any, BaseException]] = []
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(attempts),
+                wait=handler_retry_wait(retry_wait_s),
+                retry=retry_if_exception_type(_EventsFailed),
+                reraise=True,
+            ):
+                with attempt:
+                    failed = await self._try(pending, stage, handle, concurrently)
+                    if failed:
+                        pending = [event for event, _ in failed]
+                        raise _EventsFailed()
+        except _EventsFailed:
+            for event, error in failed:
+                await self._dead_letter_failed(broker, stage, event, error, attempts)
+
+    async def _try(
+        self,
+        events: list[Any],
+        stage: str,
+        handle: Callable[[Any], Awaitable[None]],
+        concurrently: bool,
+    ) -> list[tuple[Any, BaseException]]:
+        """One try of `events`: those that failed, with their errors."""
+        if concurrently:
+            gathered = await asyncio.gather(
+                *(self.traced(e, stage, handle(e)) for e in events), return_exceptions=True
+            )
+            outcomes = [_raise_if_batch_wide(outcome) for outcome in gathered]
+        else:
+            outcomes = []
+            for event in events:  # in order; broker trouble stops the batch at once
+                outcomes.append(_raise_if_batch_wide(await self._outcome(event, stage, handle)))
+        return [(e, o) for e, o in zip(events, outcomes, strict=True) if o is not None]
 
     async def _outcome(
         self, event: Any, stage: str, handle: Callable[[Any], Awaitable[None]]

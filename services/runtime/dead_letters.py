@@ -31,6 +31,7 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential,
 )
+from tenacity.wait import wait_base
 
 from contracts.registry import TOPICS
 from contracts.v1 import DeadLetterV1, KafkaHeaderV1
@@ -218,6 +219,13 @@ async def reject_record(
     await publish_dead_letter(broker, dead_letter_for(record, stage, kind, reason))
 
 
+def handler_retry_wait(wait_s: float) -> wait_base:
+    """The wait between tries of an event's handling: `wait_s`, doubling, at most 5 s. The
+    middleware retrying a record and `BatchValidation.handle_each` retrying an event of a batch
+    share it (and `RAGSTREAM_HANDLER_ATTEMPTS`, the number of tries)."""
+    return wait_exponential(multiplier=wait_s, min=wait_s, max=5)
+
+
 class DeadLetterMiddleware(BaseMiddleware):
     """Retry, then dead-letter: no event crashes a consumer or is silently dropped.
 
@@ -269,7 +277,7 @@ class DeadLetterMiddleware(BaseMiddleware):
         self._span = trace.get_current_span()  # the consumer's: its dead letter is in its trace
         async for attempt in AsyncRetrying(
             stop=self._gives_up,
-            wait=wait_exponential(multiplier=self.retry_wait_s, min=self.retry_wait_s, max=5),
+            wait=handler_retry_wait(self.retry_wait_s),
             retry=retry_if_not_exception_type(
                 (*_NOT_RETRIED, HandlerException, asyncio.CancelledError)
             ),

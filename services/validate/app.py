@@ -173,7 +173,12 @@ async def validate_batch_of_generations(
     values: list[bytes], message: KafkaMessage, broker: KafkaBroker, validate: Validate
 ) -> None:
     batch = validate_batch(message, TOPICS.generations)
-    await batch.handle_each(broker, STAGE, lambda g: validate_one(g, broker, validate))
+    await batch.handle_each(
+        broker,
+        STAGE,
+        lambda g: validate_one(g, broker, validate),
+        attempts=validate.settings.handler_attempts,
+    )
     await batch.dead_letter_invalid(broker, STAGE)
 
 

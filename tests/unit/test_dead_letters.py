@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from contracts.registry import TOPICS
 from services.cli.ask_cmd import query_event
-from services.runtime.batches import EVENT_ATTEMPTS, BatchValidation, validate_batch
+from services.runtime.batches import BatchValidation, validate_batch
 from services.runtime.dead_letters import DeadLetterMiddleware, classify
 from services.runtime.loop_context import KafkaMessage
 from services.runtime.publishing import event_bytes, strict_json_decoder
@@ -123,12 +123,13 @@ async def test_an_ordinary_error_and_a_record_too_large_are_dead_lettered_after_
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("concurrently", [False, True])
+@pytest.mark.parametrize(("concurrently", "attempts"), [(False, 3), (True, 3), (False, 2)])
 async def test_a_failing_event_of_a_batch_is_dead_lettered_alone_and_its_neighbours_once(
-    concurrently: bool,
+    concurrently: bool, attempts: int
 ) -> None:
     """Retrying or dead-lettering the whole batch would repeat the neighbours' effects (a
-    second generation, a second answer) and dead-letter events that were handled."""
+    second generation, a second answer) and dead-letter events that were handled. The failing
+    event is tried as often as the stage's `handler_attempts` says."""
     broker = KafkaBroker(
         middlewares=[DeadLetterMiddleware.for_stage("generate", attempts=3, retry_wait_s=0.01)],
         decoder=strict_json_decoder,
@@ -146,7 +147,14 @@ async def test_a_failing_event_of_a_batch_is_dead_lettered_alone_and_its_neighbo
                 raise ZeroDivisionError("boom")
 
         batch = validate_batch(message, TOPICS.queries)
-        await batch.handle_each(broker, "generate", handle, concurrently=concurrently)
+        await batch.handle_each(
+            broker,
+            "generate",
+            handle,
+            concurrently=concurrently,
+            attempts=attempts,
+            retry_wait_s=0.01,
+        )
 
     @broker.subscriber(TOPICS.dlq.name)
     async def dlq_sink(letter: dict[str, Any]) -> None:
@@ -156,8 +164,10 @@ async def test_a_failing_event_of_a_batch_is_dead_lettered_alone_and_its_neighbo
         await test_broker.publish_batch(
             *(event_bytes(e) for e in events), topic=TOPICS.queries.name
         )
-    assert handled == {events[0].event_id: 1, failing: EVENT_ATTEMPTS, events[2].event_id: 1}
-    assert [(d["stage"], d["error_kind"]) for d in dead] == [("generate", "handler_error")]
+    assert handled == {events[0].event_id: 1, failing: attempts, events[2].event_id: 1}
+    assert [(d["stage"], d["error_kind"], d["attempts"]) for d in dead] == [
+        ("generate", "handler_error", attempts)
+    ]
     assert "ZeroDivisionError: boom" in dead[0]["reason"]
     assert json.loads(base64.b64decode(dead[0]["original_value"]))["event_id"] == failing
 
