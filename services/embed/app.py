@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from faststream import FastStream
@@ -33,6 +33,7 @@ from services.runtime.broker import subscribe_batches
 from services.runtime.health import READINESS, triton_check
 from services.runtime.lineage import lineage_record, publish_lineage
 from services.runtime.loop_context import KafkaBroker, KafkaMessage, LoopContext
+from services.runtime.lru import Lru
 from services.runtime.metrics import DOCUMENT_HOLD
 from services.runtime.publishing import Publisher, derived_from, publish_event
 from services.runtime.runstate import resolve_triton_url
@@ -51,6 +52,8 @@ class EmbedResources:
     client: TritonClient
     chunk_vectors: Publisher
     query_vectors: Publisher
+    #: Each (tenant, normalised question)'s vector: the same words, the same vector.
+    question_vectors: Lru[tuple[str, str], VectorV1] = field(default_factory=lambda: Lru(0))
 
 
 Embed = Annotated[EmbedResources, LoopContext("embed")]
@@ -111,16 +114,32 @@ async def embed_chunks(
             await publish_lineage(broker, record)
 
 
+async def _question_vectors(
+    embed: EmbedResources, queries: Sequence[AcceptedQueryV1]
+) -> tuple[list[VectorV1], set[tuple[str, str]]]:
+    """Each question's vector, and the (tenant, question) pairs Triton embedded now: one asked
+    before comes from `question_vectors`, one asked twice in a batch is embedded once. Kept per
+    tenant, so no tenant can tell from a fast answer that another asked the same words."""
+    keys = list(dict.fromkeys((q.tenant_id, q.question) for q in queries))
+    known = {k: v for k in keys if (v := embed.question_vectors.get(k)) is not None}
+    missing = [k for k in keys if k not in known]
+    vectors = await _embed_or_retry_later(embed, [q for _, q in missing], EmbedPriority.QUERY)
+    for key, values in zip(missing, vectors, strict=True):
+        known[key] = VectorV1.encode(values)
+        embed.question_vectors.put(key, known[key])
+    return [known[q.tenant_id, q.question] for q in queries], set(missing)
+
+
 async def embed_queries(
     values: list[bytes], message: KafkaMessage, broker: KafkaBroker, embed: Embed
 ) -> None:
-    """Questions get their own subscriber and a higher Triton priority than chunks."""
+    """Questions get their own subscriber and a higher Triton priority than chunks; a question
+    asked again in the same words reuses its vector."""
     started = utc_now()
     batch = validate_batch(message, TOPICS.queries_accepted)
     queries: list[AcceptedQueryV1] = batch.events
     with batch.shared_span(STAGE, "batch of queries"):
-        texts = [q.question for q in queries]
-        vectors = await _embed_or_retry_later(embed, texts, EmbedPriority.QUERY)
+        vectors, embedded = await _question_vectors(embed, queries)
     await batch.dead_letter_invalid(broker, STAGE)
     for query, vector in zip(queries, vectors, strict=True):
         out = QueryVectorV1(
@@ -130,12 +149,16 @@ async def embed_queries(
             question_hash=query.question_hash,
             options=query.options,
             asked_at=query.asked_at,
-            vector=VectorV1.encode(vector),
+            vector=vector,
             embedding_model=EMBEDDING_MODEL,
         )
+        details: dict[str, JsonValue] = {
+            "vector": "embedded" if (query.tenant_id, query.question) in embedded else "remembered"
+        }
         with batch.span(query, STAGE):
             await publish_event(embed.query_vectors, TOPICS.query_vectors, out, STAGE)
-            await publish_lineage(broker, lineage_record(STAGE, query, "ok", started, [out]))
+            record = lineage_record(STAGE, query, "ok", started, [out], details)
+            await publish_lineage(broker, record)
 
 
 def build_router(settings: EmbedSettings) -> tuple[KafkaRouter, Publisher, Publisher]:
@@ -179,7 +202,13 @@ def create_app(settings: EmbedSettings | None = None) -> FastStream:
             ),
         )
         await client.warm_up()
-        embed = EmbedResources(settings, client, chunk_vectors, query_vectors)
+        embed = EmbedResources(
+            settings,
+            client,
+            chunk_vectors,
+            query_vectors,
+            question_vectors=Lru(settings.query_vector_cache_entries),
+        )
         checks = {"triton": triton_check(client, [client.embedder_model])}
         try:
             yield {"embed": embed, READINESS: checks}

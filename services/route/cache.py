@@ -16,7 +16,6 @@ deleted. An in-process LRU sits in front of the exact lookups.
 from __future__ import annotations
 
 import uuid
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from qdrant_client import AsyncQdrantClient, models
 from contracts.v1 import AnswerV1
 from services.route.index import TENANT_FIELD, VECTOR_SIZE
 from services.route.local_search import query_filtered
+from services.runtime.lru import Lru
 
 _NAMESPACE = uuid.UUID("6f1d3c2a-2b8e-4f4e-9d55-6b1f0a7e9c11")
 _CORPUS_VECTOR = [1.0] + [0.0] * (VECTOR_SIZE - 1)
@@ -52,26 +52,6 @@ class CacheHit:
     source_request_id: str
 
 
-class _Lru:
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[tuple[str, ...], CacheHit] = OrderedDict()
-
-    def get(self, key: tuple[str, ...]) -> CacheHit | None:
-        hit = self._items.get(key)
-        if hit is not None:
-            self._items.move_to_end(key)
-        return hit
-
-    def put(self, key: tuple[str, ...], hit: CacheHit) -> None:
-        if self.size <= 0:
-            return
-        self._items[key] = hit
-        self._items.move_to_end(key)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
-
-
 class AnswerCache:
     """Validated answers per tenant, keyed by question hash and question vector."""
 
@@ -86,7 +66,7 @@ class AnswerCache:
         self.client = client
         self.collection = collection
         self.local = local  # Qdrant's local mode: see local_search
-        self._lru = _Lru(lru_entries)
+        self._lru: Lru[tuple[str, ...], CacheHit] = Lru(lru_entries)
 
     async def warm_up(self) -> None:
         if not await self.client.collection_exists(self.collection):

@@ -166,6 +166,12 @@ class EmbedSettings(RuntimeSettings):
     embed_batch_wait_ms: int = Field(default=100, ge=0, description="Wait to fill a chunk batch.")
     query_batch_size: int = Field(default=16, ge=1, le=256)
     query_batch_wait_ms: int = Field(default=5, ge=0, description="Questions wait less.")
+    query_vector_cache_entries: int = Field(
+        default=4096,
+        ge=0,
+        description="Question vectors kept in memory (about 2 KB each; 0 keeps none): a "
+        "question asked again in the same words is not sent to Triton again.",
+    )
     triton_retry_after_s: float = Field(
         default=2.0, gt=0, description="Pause before a batch is retried while Triton is down."
     )

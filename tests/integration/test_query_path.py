@@ -20,6 +20,7 @@ from services.runtime.topic_reader import read_topic
 from tests.integration.conftest import (
     TINY_BUDGET_TENANT,
     StageProcesses,
+    eventually,
     tenant_name,
 )
 
@@ -99,6 +100,18 @@ async def test_repeated_and_paraphrased_questions_hit_the_caches_until_the_corpu
     assert first.refusal is None and first.cache_hit == "none", first
     again = await ask(pipeline, tenant, question)
     assert again.cache_hit == "exact" and again.answer == first.answer, again
+
+    async def embed_vectors() -> dict[str, str]:  # embed's lineage: Triton or its memory
+        records = await lineage_of(pipeline, {first.request_id, again.request_id})
+        vectors = {
+            r.correlation_id: str(r.details.get("vector")) for r in records if r.stage == "embed"
+        }
+        return vectors if len(vectors) == 2 else {}
+
+    assert await eventually(embed_vectors, what="embed's lineage of both questions") == {
+        first.correlation_id: "embedded",
+        again.correlation_id: "remembered",
+    }
     paraphrase = await ask(
         pipeline, tenant, "How many paid vacation days does a full-time employee receive?"
     )
