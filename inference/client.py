@@ -41,7 +41,10 @@ _tracer = trace.get_tracer(__name__)
 
 
 class EmbedPriority(IntEnum):
-    """Triton request priority for the embedder: lower is served first."""
+    """What a text is: a question (one request, all at once, ahead of documents) or document
+    chunks (small requests, one after another, held while a question is in flight). Sent as
+    Triton's request priority too, which Triton uses only for a model configured with
+    `priority_levels`; the embedder is not (see its config.pbtxt)."""
 
     QUERY = 1
     DOCUMENT = 2
@@ -160,8 +163,8 @@ class TritonClient:
         # A question's texts go in one request of at most `embed_batch_size` each, all at once.
         # Document chunks go in requests of `document_request_size`, one after another: Triton
         # cannot pre-empt a running batch, so a question arriving meanwhile waits for at most
-        # one small request (the model's queue serves its priority first between them), and
-        # no document request is sent while a question is in flight (`QueriesFirst`).
+        # one small request, and no document request is sent while a question is in flight
+        # (`QueriesFirst`).
         query = priority == EmbedPriority.QUERY
         size = self.embed_batch_size if query else self.document_request_size
         parts = [texts[i : i + size] for i in range(0, len(texts), size)]
