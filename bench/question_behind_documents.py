@@ -77,7 +77,7 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[list[float], list
     client = TritonClient(
         url,
         embed_batch_size=settings.embed_batch_size,
-        document_request_size=settings.document_request_size,
+        document_request_size=args.document_request_size or settings.document_request_size,
         queries_first=QueriesFirst(
             grace_s=settings.document_grace_ms / 1000,
             max_wait_s=settings.document_yield_max_ms / 1000,
@@ -128,6 +128,12 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each")
     parser.add_argument("--questions", type=int, default=60, help="asked during the backfill")
+    parser.add_argument(
+        "--document-request-size",
+        type=int,
+        default=0,
+        help="chunks per document request (default: RAGSTREAM_DOCUMENT_REQUEST_SIZE's, 8)",
+    )
     parser.add_argument("--words", type=int, default=150, help="words a chunk (~1.3 tokens each)")
     args = parser.parse_args()
     variants = args.variants.split(",")
