@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import inference.server as triton_server
 from bench.embed import make_chunks
-from inference.client import EmbedPriority, TritonClient
-from inference.queries_first import QueriesFirst
+from bench.measure import spread
+from inference.client import EmbedPriority
+from services.embed.app import embed_client
 from services.runtime.settings import EmbedSettings
 
 DATA_DIR = Path(
@@ -61,28 +62,22 @@ def render_as(variant: str) -> None:
     triton_server.render_model_repository = render
 
 
-def spread(values: list[float]) -> str:
-    ordered = sorted(values)
-    p50, p95 = (ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.5, 0.95))
-    slow = sum(v > SLOW_MS for v in ordered)
+def summary(values: list[float]) -> str:
+    p = spread(values)
+    slow = sum(v > SLOW_MS for v in values)
     return (
-        f"p50 / p95 / max {p50:.0f} / {p95:.0f} / {ordered[-1]:.0f} ms, "
-        f"{slow} of {len(ordered)} over {SLOW_MS} ms"
+        f"p50 / p95 / max {p['p50']:.0f} / {p['p95']:.0f} / {max(values):.0f} ms, "
+        f"{slow} of {len(values)} over {SLOW_MS} ms"
     )
 
 
 async def measure(url: str, args: argparse.Namespace) -> tuple[list[float], list[float], float]:
     """Question latencies alone and during the backfill, and the backfill's chunks/s."""
-    settings = EmbedSettings(bootstrap_servers="localhost:1")
-    client = TritonClient(
-        url,
-        embed_batch_size=settings.embed_batch_size,
-        document_request_size=args.document_request_size or settings.document_request_size,
-        queries_first=QueriesFirst(
-            grace_s=settings.document_grace_ms / 1000,
-            max_wait_s=settings.document_yield_max_ms / 1000,
-        ),
+    sizes = (
+        {"document_request_size": args.document_request_size} if args.document_request_size else {}
     )
+    settings = EmbedSettings(bootstrap_servers="localhost:1", **sizes)
+    client = embed_client(settings, url)
     await client.warm_up()
     chunks = make_chunks(settings.embed_batch_size * 64, args.words)
     stop = asyncio.Event()
@@ -147,8 +142,8 @@ def main() -> int:
             with server:
                 alone, during, rate = asyncio.run(measure(server.grpc_url, args))
             print(
-                f"round {round_}, {variant}: alone {spread(alone)}; during the "
-                f"backfill ({rate:.1f} chunks/s) {spread(during)}",
+                f"round {round_}, {variant}: alone {summary(alone)}; during the "
+                f"backfill ({rate:.1f} chunks/s) {summary(during)}",
                 flush=True,
             )
     return 0

@@ -161,6 +161,20 @@ async def embed_queries(
             await publish_lineage(broker, record)
 
 
+def embed_client(settings: EmbedSettings, url: str) -> TritonClient:
+    """The Triton client embed uses: its batch and request sizes, questions first."""
+    return TritonClient(
+        url,
+        embed_batch_size=settings.embed_batch_size,
+        document_request_size=settings.document_request_size,
+        queries_first=QueriesFirst(
+            grace_s=settings.document_grace_ms / 1000,
+            max_wait_s=settings.document_yield_max_ms / 1000,
+            on_hold=DOCUMENT_HOLD.inc,
+        ),
+    )
+
+
 def build_router(settings: EmbedSettings) -> tuple[KafkaRouter, Publisher, Publisher]:
     """Subscribers with batch sizes from settings, and the two publishers."""
     router = KafkaRouter()
@@ -191,16 +205,7 @@ def create_app(settings: EmbedSettings | None = None) -> FastStream:
 
     @asynccontextmanager
     async def resources() -> AsyncIterator[dict[str, Any]]:
-        client = TritonClient(
-            resolve_triton_url(settings),
-            embed_batch_size=settings.embed_batch_size,
-            document_request_size=settings.document_request_size,
-            queries_first=QueriesFirst(
-                grace_s=settings.document_grace_ms / 1000,
-                max_wait_s=settings.document_yield_max_ms / 1000,
-                on_hold=DOCUMENT_HOLD.inc,
-            ),
-        )
+        client = embed_client(settings, resolve_triton_url(settings))
         await client.warm_up()
         embed = EmbedResources(
             settings,
