@@ -17,11 +17,10 @@ import time
 from collections import Counter
 from typing import Any
 
-from bench.measure import Processes, spread
+from bench.measure import Processes, cpu_ms_each, cpu_seconds, spread
 from bench.traffic import TrafficQuestion, mix
 from contracts.registry import TOPICS
 from services.cli.ask_cmd import AskResult, ask_questions
-from services.runtime.stage import STAGES
 from services.runtime.topic_reader import read_topic
 
 CLIENTS = 32
@@ -48,17 +47,11 @@ def load_figures(
     bootstrap: str, tenant: str, traffic: list[TrafficQuestion], command: str
 ) -> dict[str, Any]:
     """Answers/s, latency, cache hit ratios, CPU time and tokens per answer."""
-    groups = {stage: Processes.stage(stage) for stage in STAGES} | {
-        "triton": Processes.named("tritonserver", "triton_python_backend_stub"),
-        "broker": Processes.named("tansu"),
-    }
+    groups = Processes.of_stack()
     questions = [q.question for q in traffic]
     results, seconds, cpu_s = asyncio.run(_asked(bootstrap, tenant, questions, groups))
     answers = [r.answer for r in results if r.answer is not None]
     answered = max(1, len(answers))
-
-    def per_answer(cpu_seconds: float) -> float:
-        return round(cpu_seconds * 1000 / answered, 1)
 
     cache = Counter(a.cache_hit for a in answers)
     return {
@@ -76,13 +69,7 @@ def load_figures(
         },
         "cache_hits_by_kind": _hits(results, traffic),
         "processes": {name: len(group.processes) for name, group in groups.items()},
-        "cpu_ms_per_answer": {
-            "stages": per_answer(sum(cpu_s[stage] for stage in STAGES)),
-            "triton": per_answer(cpu_s["triton"]),
-            "broker": per_answer(cpu_s["broker"]),
-            "total": per_answer(sum(cpu_s.values())),
-            "by_stage": {stage: per_answer(cpu_s[stage]) for stage in STAGES},
-        },
+        "cpu_ms_per_answer": cpu_ms_each(cpu_s, answered),
         "tokens_per_answer": round(
             sum(a.input_tokens + a.output_tokens for a in answers) / answered, 1
         ),
@@ -91,17 +78,13 @@ def load_figures(
     }
 
 
-def _cpu(groups: dict[str, Processes]) -> dict[str, float]:
-    return {name: group.cpu_seconds() for name, group in groups.items()}
-
-
 async def _asked(
     bootstrap: str, tenant: str, questions: list[str], groups: dict[str, Processes]
 ) -> tuple[list[AskResult], float, dict[str, float]]:
     """The results, and the seconds and CPU seconds (per group) from the first question to
     the last answer: a question that never gets one holds the run until its timeout
     (`ASK_TIMEOUT_S`), and that idle wait is not the answers' cost."""
-    started, before = time.perf_counter(), _cpu(groups)
+    started, before = time.perf_counter(), cpu_seconds(groups)
     trail: list[tuple[float, dict[str, float]]] = []
     last_answer = started
 
@@ -113,7 +96,7 @@ async def _asked(
     async def sample() -> None:
         while True:
             await asyncio.sleep(CPU_SAMPLE_S)
-            trail.append((time.perf_counter(), _cpu(groups)))
+            trail.append((time.perf_counter(), cpu_seconds(groups)))
 
     sampler = asyncio.create_task(sample())
     try:
@@ -122,7 +105,7 @@ async def _asked(
         )
     finally:
         sampler.cancel()
-    trail.append((time.perf_counter(), _cpu(groups)))
+    trail.append((time.perf_counter(), cpu_seconds(groups)))
     at, after = next((t, cpu) for t, cpu in trail if t >= last_answer)
     return results, at - started, {name: after[name] - before[name] for name in groups}
 

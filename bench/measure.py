@@ -12,6 +12,7 @@ import psutil
 from bench.query_path import ask_with_lineage
 from services.cli.ask_cmd import AskResult, ask_questions
 from services.cli.evaluation import percentile
+from services.runtime.stage import STAGES
 
 #: Questions per `ask_questions` call when asking one at a time in a loop (one answers-topic
 #: subscription per call, not per question).
@@ -92,6 +93,14 @@ class Processes:
         Triton's `triton_python_backend_stub`, the broker's `tansu`."""
         return cls._matching(lambda command: command[0].rsplit("/", 1)[-1].startswith(names))
 
+    @classmethod
+    def of_stack(cls) -> dict[str, Processes]:
+        """The running stack's processes, grouped: each stage, Triton's, the broker's."""
+        return {stage: cls.stage(stage) for stage in STAGES} | {
+            "triton": cls.named("tritonserver", "triton_python_backend_stub"),
+            "broker": cls.named("tansu"),
+        }
+
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of every one still running."""
         total = 0.0
@@ -102,3 +111,24 @@ class Processes:
                 continue
             total += times.user + times.system
         return total
+
+
+def cpu_seconds(groups: dict[str, Processes]) -> dict[str, float]:
+    """Each group's CPU seconds so far (subtract two readings for an interval's)."""
+    return {name: group.cpu_seconds() for name, group in groups.items()}
+
+
+def cpu_ms_each(spent: dict[str, float], count: int) -> dict[str, Any]:
+    """CPU ms per item (answer, chunk) from each group's CPU seconds over the items' run:
+    the stages together, Triton, the broker, the total, and each stage."""
+
+    def each(seconds: float) -> float:
+        return round(seconds * 1000 / max(1, count), 1)
+
+    return {
+        "stages": each(sum(spent[stage] for stage in STAGES)),
+        "triton": each(spent["triton"]),
+        "broker": each(spent["broker"]),
+        "total": each(sum(spent.values())),
+        "by_stage": {stage: each(spent[stage]) for stage in STAGES},
+    }

@@ -24,6 +24,8 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     doc = report["benchmarks"].get("document_path")
     if doc:
         out.append(("document path", "pipeline", f"{doc['path_chunks_per_s']} chunks/s", "", ""))
+        if "cpu_ms_per_chunk" in doc:
+            out += _cpu_rows("document path", "chunk", doc["cpu_ms_per_chunk"])
     if doc and "path_over_in_process" in doc:  # absent when a later benchmark failed first
         out += [
             ("document path", "in-process limit (batch "
@@ -126,12 +128,19 @@ def _load(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         (name, "client p50 / p95 / p99", _ms(b["client_latency_ms"]), "", ""),
         (name, "cache hit ratio exact / semantic", f"{hits['exact']} / {hits['semantic']}",
          "", ""),
-        (name, "CPU per answer: stages + Triton + broker", f"{cpu['stages']} + "
-         f"{cpu['triton']} + {cpu['broker']} = {cpu['total']} ms", "", ""),
-        (name, "CPU per answer by stage", ", ".join(
-            f"{stage} {ms}" for stage, ms in cpu.get("by_stage", {}).items()) + " ms", "", ""),
+        *_cpu_rows(name, "answer", cpu),
         (name, "tokens per answer", f"{b['tokens_per_answer']}", "", ""),
         (name, "unanswered in 120 s: where each one's lineage ends", _trail_ends(b), "", ""),
+    ]  # fmt: skip
+
+
+def _cpu_rows(name: str, per: str, cpu: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """CPU per `per` (answer, chunk): stages + Triton + broker, then by stage."""
+    by_stage = ", ".join(f"{stage} {ms}" for stage, ms in cpu.get("by_stage", {}).items())
+    return [
+        (name, f"CPU per {per}: stages + Triton + broker",
+         f"{cpu['stages']} + {cpu['triton']} + {cpu['broker']} = {cpu['total']} ms", "", ""),
+        (name, f"CPU per {per} by stage", f"{by_stage} ms", "", ""),
     ]  # fmt: skip
 
 

@@ -50,6 +50,7 @@ from bench.document_path import (
 from bench.embed import in_process_rate
 from bench.gpu import gpu_status
 from bench.load import load_figures
+from bench.measure import Processes, cpu_ms_each, cpu_seconds
 from bench.query_path import ask_with_lineage, query_figures, stage_breakdown
 from bench.report import RESULTS, markdown, write
 from bench.scaling import CLIENTS as SCALING_CLIENTS
@@ -109,13 +110,19 @@ def chunk_texts(texts: list[str]) -> list[str]:
 def document_path(
     bootstrap: str, texts: list[str], doc_ids: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Chunks/s from the documents topic to indexed (the pipeline must be running)."""
+    """Chunks/s from the documents topic to indexed (the pipeline must be running), and the
+    CPU each chunk cost, by process."""
+    groups = Processes.of_stack()
+    before = cpu_seconds(groups)
     seconds, chunks = asyncio.run(time_path(bootstrap, texts, 1800, TENANT, doc_ids))
+    after = cpu_seconds(groups)
+    spent = {name: after[name] - before[name] for name in groups}
     return {
         "documents": len(texts),
         "chunks": chunks,
         "seconds": round(seconds, 2),
         "path_chunks_per_s": round(chunks / seconds, 1),
+        "cpu_ms_per_chunk": cpu_ms_each(spent, chunks),
         "command": _command(args, "document_path"),
     }
 

@@ -20,9 +20,10 @@ from contracts.v1 import (
 from contracts.v1.envelope import utc_now
 from services.chunk.chunker import Chunker, chunk_id, load_tokenizer
 from services.runtime.broker import subscriber_options
-from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.lineage import lineage_record
 from services.runtime.loop_context import KafkaBroker, LoopContext
-from services.runtime.publishing import derived_event_id, derived_from, publish_event
+from services.runtime.outbox import Outbox
+from services.runtime.publishing import derived_event_id, derived_from
 from services.runtime.settings import ChunkSettings
 from services.runtime.stage import stage_app
 
@@ -49,40 +50,43 @@ async def chunk_document(
     published: list[ChunkV1] = []
     if not isinstance(event, DocumentRemovedV1):
         for draft in chunker.chunk(event.text, markdown=event.content_type == "text/markdown"):
-            chunk = ChunkV1(
-                **common | {"event_id": derived_event_id(event, STAGE, f"chunk/{draft.position}")},
-                chunk_id=chunk_id(
-                    event.tenant_id,
-                    event.doc_id,
-                    event.doc_version,
-                    draft.position,
-                    draft.content_hash,
-                ),
-                position=draft.position,
-                text=draft.text,
-                heading_path=list(draft.heading_path),
-                token_count=draft.token_count,
-                content_hash=draft.content_hash,
-                title=event.title,
-                source_uri=event.source_uri,
+            published.append(
+                ChunkV1(
+                    **common
+                    | {"event_id": derived_event_id(event, STAGE, f"chunk/{draft.position}")},
+                    chunk_id=chunk_id(
+                        event.tenant_id,
+                        event.doc_id,
+                        event.doc_version,
+                        draft.position,
+                        draft.content_hash,
+                    ),
+                    position=draft.position,
+                    text=draft.text,
+                    heading_path=list(draft.heading_path),
+                    token_count=draft.token_count,
+                    content_hash=draft.content_hash,
+                    title=event.title,
+                    source_uri=event.source_uri,
+                )
             )
-            await publish_event(chunks, TOPICS.chunks, chunk, STAGE)
-            published.append(chunk)
     chunk_set = ChunkSetV1(
         **common | {"event_id": derived_event_id(event, STAGE, "chunk-set")},
         chunk_ids=[c.chunk_id for c in published],
         deleted=isinstance(event, DocumentRemovedV1),
     )
-    await publish_event(chunks, TOPICS.chunks, chunk_set, STAGE)
     details: dict[str, JsonValue] = {
         "doc_version": event.doc_version,
         "chunks": len(published),
         "tokens": sum(c.token_count for c in published),
         "deleted": chunk_set.deleted,
     }
-    await publish_lineage(
-        broker, lineage_record(STAGE, event, "ok", started, [*published, chunk_set], details)
-    )
+    async with Outbox(broker, STAGE) as outbox:  # the chunk set after its chunks
+        for out in [*published, chunk_set]:
+            await outbox.event(chunks, TOPICS.chunks, out)
+        await outbox.lineage(
+            lineage_record(STAGE, event, "ok", started, [*published, chunk_set], details)
+        )
 
 
 def create_app(settings: ChunkSettings | None = None) -> FastStream:

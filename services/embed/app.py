@@ -31,11 +31,12 @@ from inference.queries_first import QueriesFirst
 from services.runtime.batches import validate_batch
 from services.runtime.broker import subscribe_batches
 from services.runtime.health import READINESS, triton_check
-from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.lineage import lineage_record
 from services.runtime.loop_context import KafkaBroker, KafkaMessage, LoopContext
 from services.runtime.lru import Lru
 from services.runtime.metrics import DOCUMENT_HOLD
-from services.runtime.publishing import Publisher, derived_from, publish_event
+from services.runtime.outbox import Outbox
+from services.runtime.publishing import Publisher, derived_from
 from services.runtime.runstate import resolve_triton_url
 from services.runtime.settings import EmbedSettings
 from services.runtime.stage import stage_app
@@ -97,21 +98,21 @@ async def embed_chunks(
         )
     await batch.dead_letter_invalid(broker, STAGE)
     vector_of = {c.event_id: v for c, v in zip(chunks, vectors, strict=True)}
-    for event in batch.events:
-        if isinstance(event, ChunkV1):
-            out: ChunkVectorV1 | ChunkSetV1 = ChunkVectorV1(
-                **derived_from(event, STAGE),
-                chunk=ChunkContentV1.model_validate(event.model_dump(include=_CHUNK_FIELDS)),
-                vector=VectorV1.encode(vector_of[event.event_id]),
-                embedding_model=EMBEDDING_MODEL,
-            )
-        else:
-            out = event.model_copy(update=derived_from(event, STAGE))
-        details: dict[str, JsonValue] = {"batch_size": len(chunks), "model": EMBEDDING_MODEL}
-        with batch.span(event, STAGE):
-            await publish_event(embed.chunk_vectors, TOPICS.chunk_vectors, out, STAGE)
-            record = lineage_record(STAGE, event, "ok", started, [out], details)
-            await publish_lineage(broker, record)
+    details: dict[str, JsonValue] = {"batch_size": len(chunks), "model": EMBEDDING_MODEL}
+    async with Outbox(broker, STAGE) as outbox:  # the batch's records leave together
+        for event in batch.events:
+            if isinstance(event, ChunkV1):
+                out: ChunkVectorV1 | ChunkSetV1 = ChunkVectorV1(
+                    **derived_from(event, STAGE),
+                    chunk=ChunkContentV1.model_validate(event.model_dump(include=_CHUNK_FIELDS)),
+                    vector=VectorV1.encode(vector_of[event.event_id]),
+                    embedding_model=EMBEDDING_MODEL,
+                )
+            else:
+                out = event.model_copy(update=derived_from(event, STAGE))
+            with batch.span(event, STAGE):
+                await outbox.event(embed.chunk_vectors, TOPICS.chunk_vectors, out)
+                await outbox.lineage(lineage_record(STAGE, event, "ok", started, [out], details))
 
 
 async def _question_vectors(
@@ -141,24 +142,23 @@ async def embed_queries(
     with batch.shared_span(STAGE, "batch of queries"):
         vectors, embedded = await _question_vectors(embed, queries)
     await batch.dead_letter_invalid(broker, STAGE)
-    for query, vector in zip(queries, vectors, strict=True):
-        out = QueryVectorV1(
-            **derived_from(query, STAGE),
-            request_id=query.request_id,
-            question=query.question,
-            question_hash=query.question_hash,
-            options=query.options,
-            asked_at=query.asked_at,
-            vector=vector,
-            embedding_model=EMBEDDING_MODEL,
-        )
-        details: dict[str, JsonValue] = {
-            "vector": "embedded" if (query.tenant_id, query.question) in embedded else "remembered"
-        }
-        with batch.span(query, STAGE):
-            await publish_event(embed.query_vectors, TOPICS.query_vectors, out, STAGE)
-            record = lineage_record(STAGE, query, "ok", started, [out], details)
-            await publish_lineage(broker, record)
+    async with Outbox(broker, STAGE) as outbox:
+        for query, vector in zip(queries, vectors, strict=True):
+            out = QueryVectorV1(
+                **derived_from(query, STAGE),
+                request_id=query.request_id,
+                question=query.question,
+                question_hash=query.question_hash,
+                options=query.options,
+                asked_at=query.asked_at,
+                vector=vector,
+                embedding_model=EMBEDDING_MODEL,
+            )
+            how = "embedded" if (query.tenant_id, query.question) in embedded else "remembered"
+            with batch.span(query, STAGE):
+                await outbox.event(embed.query_vectors, TOPICS.query_vectors, out)
+                record = lineage_record(STAGE, query, "ok", started, [out], {"vector": how})
+                await outbox.lineage(record)
 
 
 def embed_client(settings: EmbedSettings, url: str) -> TritonClient:

@@ -34,6 +34,7 @@ from services.runtime.broker import subscriber_options
 from services.runtime.dead_letters import reject_record
 from services.runtime.lineage import lineage_record, publish_lineage
 from services.runtime.loop_context import KafkaBroker, KafkaMessage, LoopContext
+from services.runtime.outbox import Outbox
 from services.runtime.publishing import derived_from, publish_event
 from services.runtime.settings import IngestSettings
 from services.runtime.stage import stage_app
@@ -190,10 +191,13 @@ async def ingest_document(
         text=prepared.text,
         metadata=event.metadata,
     )
-    await publish_event(accepted_documents, TOPICS.documents_accepted, accepted, STAGE)
-    ingest.versions.record(event.tenant_id, event.doc_id, prepared.content_hash, decision.version)
     details = {"doc_version": decision.version, "version_kind": decision.kind}
-    await publish_lineage(broker, lineage_record(STAGE, event, "ok", started, [accepted], details))
+    async with Outbox(broker, STAGE) as outbox:
+        await outbox.event(accepted_documents, TOPICS.documents_accepted, accepted)
+        await outbox.lineage(lineage_record(STAGE, event, "ok", started, [accepted], details))
+    # Only once the broker holds the accepted version: else its redelivery would be dropped
+    # as unchanged, and the version lost.
+    ingest.versions.record(event.tenant_id, event.doc_id, prepared.content_hash, decision.version)
 
 
 @router.subscriber(
@@ -225,8 +229,9 @@ async def ingest_query(
         options=event.options,
         asked_at=event.produced_at,
     )
-    await publish_event(accepted_queries, TOPICS.queries_accepted, accepted, STAGE)
-    await publish_lineage(broker, lineage_record(STAGE, event, "ok", started, [accepted]))
+    async with Outbox(broker, STAGE) as outbox:
+        await outbox.event(accepted_queries, TOPICS.queries_accepted, accepted)
+        await outbox.lineage(lineage_record(STAGE, event, "ok", started, [accepted]))
 
 
 def create_app(settings: IngestSettings | None = None) -> FastStream:

@@ -37,6 +37,7 @@ from services.runtime.health import READINESS
 from services.runtime.lineage import lineage_record, publish_lineage
 from services.runtime.loop_context import KafkaBroker, KafkaMessage, LoopContext
 from services.runtime.metrics import alert_raised, cache_decided
+from services.runtime.outbox import Outbox
 from services.runtime.publishing import Publisher, derived_from, publish_event
 from services.runtime.runstate import resolve_bootstrap
 from services.runtime.settings import RouteSettings
@@ -97,16 +98,17 @@ async def index_chunk_vectors(
     for tenant_id, version in changed.items():  # the tenant's cached answers are stale now
         await route.cache.new_corpus_version(tenant_id, version)
     await batch.dead_letter_invalid(broker, STAGE)
-    for event in batch.events:
-        if isinstance(event, ChunkSetV1):
-            details = {
-                "doc_version": event.doc_version,
-                "chunks": len(event.chunk_ids),
-                "deleted": event.deleted,
-            }
-            record = lineage_record(STAGE, event, "ok", started, details=details)
-            with batch.span(event, STAGE):
-                await publish_lineage(broker, record)
+    async with Outbox(broker, STAGE) as outbox:
+        for event in batch.events:
+            if isinstance(event, ChunkSetV1):
+                details = {
+                    "doc_version": event.doc_version,
+                    "chunks": len(event.chunk_ids),
+                    "deleted": event.deleted,
+                }
+                record = lineage_record(STAGE, event, "ok", started, details=details)
+                with batch.span(event, STAGE):
+                    await outbox.lineage(record)
 
 
 async def _answer_from_cache(

@@ -23,6 +23,7 @@ class Publisher(Protocol):
         key: bytes | None = ...,
         headers: Any = ...,
         correlation_id: str | None = ...,
+        no_confirm: bool = ...,
     ) -> Any: ...
 
 

@@ -1,0 +1,112 @@
+"""Publishing what one input gives without a round trip to the broker for each record."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any
+
+from contracts.registry import TOPICS, TopicSpec
+from contracts.v1 import Envelope, LineageRecordV1
+from services.runtime.lineage import publish_lineage
+from services.runtime.metrics import event_published
+from services.runtime.publishing import Publisher, event_bytes, event_headers
+
+
+class Outbox:
+    """Events and lineage records sent without waiting for each one's ack; leaving the block
+    waits for all of them, so a stage's offset is still committed only once the broker holds
+    everything it derived.
+
+    `publish_event` waits for the broker after every record: a document's chunk, chunk set
+    and lineage were three round trips, each a produce request holding one record (and a
+    one-record batch that the embedded broker keeps scanning: bench/README.md, "The embedded
+    broker's growth"). Records sent here wait in the producer instead, and those for one
+    partition leave together, in the order they were sent.
+
+    >>> async with Outbox(broker, STAGE) as outbox:  # doctest: +SKIP
+    ...     for chunk in chunks:
+    ...         await outbox.event(chunks_publisher, TOPICS.chunks, chunk)
+    ...     await outbox.lineage(lineage_record(STAGE, event, "ok", started, chunks))
+
+    An event that the broker refuses fails the block (the input is consumed again, and the
+    events' derived ids make the second delivery count once); a lineage record that it
+    refuses is sent again alone with `publish_lineage`'s retries, and never fails the block.
+    """
+
+    def __init__(self, broker: Any, stage: str) -> None:
+        self.broker = broker
+        self.stage = stage
+        self._events: list[tuple[Any, TopicSpec]] = []
+        self._lineage: list[tuple[Any, LineageRecordV1]] = []
+
+    async def __aenter__(self) -> Outbox:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if error is None:
+            await self.confirmed()
+        else:  # the block failed: let what was sent settle, and keep its error
+            await asyncio.gather(*self._pending(), return_exceptions=True)
+
+    async def event(self, publisher: Publisher, spec: TopicSpec, event: Envelope) -> None:
+        """Send `event` on its topic, keyed per the registry, as `publish_event` does."""
+        sent = await publisher.publish(
+            event_bytes(event),
+            key=spec.key_bytes(event),
+            headers=event_headers(spec, event, self.stage),
+            correlation_id=event.correlation_id,
+            no_confirm=True,
+        )
+        self._events.append((sent, spec))
+
+    async def lineage(self, record: LineageRecordV1) -> None:
+        """Send a lineage record to the audit topic, as `publish_lineage` does."""
+        try:
+            sent: Any = await self.broker.publish(
+                event_bytes(record),
+                topic=TOPICS.audit.name,
+                key=TOPICS.audit.key_bytes(record),
+                headers=event_headers(TOPICS.audit, record, record.stage),
+                no_confirm=True,
+            )
+        except Exception as error:  # sent again, with retries, in `confirmed`
+            sent = _failed(error)
+        self._lineage.append((sent, record))
+
+    async def confirmed(self) -> None:
+        """Wait for the broker's ack of everything sent so far; raise the first event error."""
+        events, self._events = self._events, []
+        lineage, self._lineage = self._lineage, []
+        outcomes = await asyncio.gather(
+            *(_acked(sent) for sent, _ in [*events, *lineage]), return_exceptions=True
+        )
+        for (_, record), outcome in zip(lineage, outcomes[len(events) :], strict=True):
+            if isinstance(outcome, BaseException):
+                await publish_lineage(self.broker, record)
+            else:
+                event_published(record.stage, TOPICS.audit)
+        for (_, spec), outcome in zip(events, outcomes, strict=False):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            event_published(self.stage, spec)
+
+    def _pending(self) -> list[Any]:
+        return [_acked(sent) for sent, _ in [*self._events, *self._lineage]]
+
+
+def _failed(error: Exception) -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future
+
+
+async def _acked(sent: Any) -> None:
+    """Wait for a send's ack (FastStream's test broker hands back none to wait for)."""
+    if isinstance(sent, asyncio.Future):
+        await sent
