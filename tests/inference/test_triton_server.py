@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from inference.exceptions import TritonStartError
@@ -35,6 +36,20 @@ def test_running_server_reports_its_urls(triton_server: TritonServer) -> None:
     assert triton_server.running
     assert triton_server.grpc_url == f"127.0.0.1:{triton_server.grpc_port}"
     assert triton_server.http_url.startswith("http://127.0.0.1:")
+
+
+def test_the_models_threads_sleep_between_batches(triton_server: TritonServer) -> None:
+    """The Python backend's processes run torch with OMP_WAIT_POLICY=PASSIVE: spinning OpenMP
+    threads took the CPU from the stages beside them (bench/README.md)."""
+    assert triton_server.pid is not None
+    stubs = [
+        child
+        for child in psutil.Process(triton_server.pid).children(recursive=True)
+        if child.name().startswith("triton_python")
+    ]
+    assert stubs, "no Python-backend stub under tritonserver"
+    for stub in stubs:
+        assert stub.environ().get("OMP_WAIT_POLICY") == "PASSIVE"
 
 
 _PARENT = """
