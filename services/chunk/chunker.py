@@ -140,7 +140,15 @@ class Chunker:
         return chunks
 
     def chunk(self, text: str, markdown: bool = True) -> list[ChunkDraft]:
-        blocks = split_blocks(text, markdown) or ([Block((), text.strip())] if text.strip() else [])
+        drafts = self._drafts(split_blocks(text, markdown))
+        if not drafts and text.strip():
+            # The structure kept nothing the embedder sees (no blocks, or only control
+            # characters beside an empty heading's `#`): the text as it is, so a document
+            # with any token still yields a chunk.
+            drafts = self._drafts([Block((), text.strip())])
+        return drafts
+
+    def _drafts(self, blocks: list[Block]) -> list[ChunkDraft]:
         drafts: list[ChunkDraft] = []
         for path, section in groupby(blocks, key=lambda b: b.heading_path):
             for chunk_text in self._pack(list(section)):
