@@ -34,7 +34,7 @@ from services.runtime.answers import latency_ms, refusal_answer
 from services.runtime.batches import validate_batch
 from services.runtime.broker import fetch_max_wait_ms, subscribe_batches
 from services.runtime.health import READINESS
-from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.lineage import lineage_record
 from services.runtime.loop_context import KafkaBroker, KafkaMessage, LoopContext
 from services.runtime.metrics import alert_raised, cache_decided
 from services.runtime.outbox import Outbox
@@ -112,7 +112,7 @@ async def index_chunk_vectors(
 
 
 async def _answer_from_cache(
-    query: QueryVectorV1, hit: CacheHit, route: RouteResources
+    query: QueryVectorV1, hit: CacheHit, route: RouteResources, outbox: Outbox
 ) -> AnswerV1:
     cached = hit.answer
     answer = AnswerV1(
@@ -126,12 +126,13 @@ async def _answer_from_cache(
         confidence=cached.confidence,
         latency_ms=latency_ms(query.asked_at, query.produced_at),
     )
-    await publish_event(route.answers, TOPICS.answers, answer, STAGE)
+    await outbox.event(route.answers, TOPICS.answers, answer)
     return answer
 
 
-async def route_query(query: QueryVectorV1, broker: KafkaBroker, route: RouteResources) -> None:
-    """Exact cache, semantic cache, else retrieve, plan, and send to generation (or refuse)."""
+async def route_query(query: QueryVectorV1, route: RouteResources, outbox: Outbox) -> None:
+    """Exact cache, semantic cache, else retrieve, plan, and send to generation (or refuse);
+    what it publishes goes through `outbox`, acked before the batch commits."""
     started = utc_now()
     settings = route.settings
     tenant = query.tenant_id
@@ -150,20 +151,17 @@ async def route_query(query: QueryVectorV1, broker: KafkaBroker, route: RouteRes
         # This very request was answered already: its query was delivered again (a producer
         # retry, or route restarted before committing). One answer per request id.
         details |= {"cache": hit.kind, "duplicate_of_answered_request": True}
-        await publish_lineage(
-            broker, lineage_record(STAGE, query, "duplicate", started, [], details)
-        )
+        await outbox.lineage(lineage_record(STAGE, query, "duplicate", started, [], details))
         return
     cache_decided(hit.kind if hit is not None else "miss")
     if hit is not None:
-        answer = await _answer_from_cache(query, hit, route)
+        answer = await _answer_from_cache(query, hit, route, outbox)
         details |= {
             "cache": hit.kind,
             "similarity": round(hit.similarity, 4),
             "cached_request_id": hit.source_request_id,
         }
-        record = lineage_record(STAGE, query, "cache_hit", started, [answer], details)
-        await publish_lineage(broker, record)
+        await outbox.lineage(lineage_record(STAGE, query, "cache_hit", started, [answer], details))
         return
     details["cache"] = "miss"
     hits = await route.index.search(
@@ -184,10 +182,8 @@ async def route_query(query: QueryVectorV1, broker: KafkaBroker, route: RouteRes
             message=plan.refusal.message,
             asked_at=query.asked_at,
         )
-        await publish_event(route.answers, TOPICS.answers, refusal, STAGE)
-        await publish_lineage(
-            broker, lineage_record(STAGE, query, "refused", started, [refusal], details)
-        )
+        await outbox.event(route.answers, TOPICS.answers, refusal)
+        await outbox.lineage(lineage_record(STAGE, query, "refused", started, [refusal], details))
         return
     prompt = choose_prompt(query.request_id, query.options.prompt_version, settings)
     details |= {"prompt_version": prompt.version, "prompt_arm": prompt.arm}
@@ -209,19 +205,21 @@ async def route_query(query: QueryVectorV1, broker: KafkaBroker, route: RouteRes
         fallback_chain=plan.choice.fallback_chain,
         asked_at=query.asked_at or query.produced_at,
     )
-    await publish_event(route.generation_requests, TOPICS.generation_requests, request, STAGE)
-    await publish_lineage(broker, lineage_record(STAGE, query, "ok", started, [request], details))
+    await outbox.event(route.generation_requests, TOPICS.generation_requests, request)
+    await outbox.lineage(lineage_record(STAGE, query, "ok", started, [request], details))
 
 
 async def route_queries(
     values: list[bytes], message: KafkaMessage, broker: KafkaBroker, route: Route
 ) -> None:
     batch = validate_batch(message, TOPICS.query_vectors)
-    async with route.questions_first.query():
+    async with route.questions_first.query(), Outbox(broker, STAGE) as outbox:
+        # The batch's questions one after another, none waiting for the broker's ack of the
+        # one before: each was two round trips (its request or answer, its lineage).
         await batch.handle_each(
             broker,
             STAGE,
-            lambda q: route_query(q, broker, route),
+            lambda q: route_query(q, route, outbox),
             attempts=route.settings.handler_attempts,
         )
     await batch.dead_letter_invalid(broker, STAGE)

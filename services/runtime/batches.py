@@ -41,7 +41,7 @@ class BatchValidation:
     >>> batch = validate_batch(message, TOPICS.query_vectors)  # doctest: +SKIP
     >>> for query in batch.events:
     ...     with batch.span(query, "route"):  # in the trace the query came with
-    ...         await route_query(query, broker, route)
+    ...         await route_query(query, route, outbox)
     """
 
     def __init__(self, spec: TopicSpec | None = None) -> None:

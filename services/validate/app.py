@@ -18,9 +18,10 @@ from contracts.v1.envelope import utc_now
 from services.runtime.answers import latency_ms, refusal_answer
 from services.runtime.batches import validate_batch
 from services.runtime.broker import subscribe_batches
-from services.runtime.lineage import lineage_record, publish_lineage
+from services.runtime.lineage import lineage_record
 from services.runtime.loop_context import KafkaBroker, KafkaMessage, LoopContext
-from services.runtime.publishing import Publisher, derived_from, publish_event
+from services.runtime.outbox import Outbox
+from services.runtime.publishing import Publisher, derived_from
 from services.runtime.settings import QuerySettings
 from services.runtime.stage import stage_app
 from services.validate.checks import ValidationOutcome, ValidationRules, validate_generation
@@ -94,20 +95,21 @@ def _deterministic(settings: QuerySettings, tier: str) -> bool:
 
 
 async def _on_failure(
-    generation: GenerationV1, outcome: ValidationOutcome, validate: ValidateResources
+    generation: GenerationV1,
+    outcome: ValidationOutcome,
+    validate: ValidateResources,
+    outbox: Outbox,
 ) -> tuple[str, Envelope]:
     """One corrective retry, then the next tier, then a refusal naming every failure."""
     failures = outcome.failures
     if generation.attempt == 0 and not _deterministic(validate.settings, generation.tier):
         retry = next_request(generation, generation.tier, generation.fallback_chain, 1, failures)
-        await publish_event(validate.generation_requests, TOPICS.generation_requests, retry, STAGE)
+        await outbox.event(validate.generation_requests, TOPICS.generation_requests, retry)
         return "retry", retry
     if generation.fallback_chain:
         tier, *rest = generation.fallback_chain
         escalation = next_request(generation, tier, rest, 0, [])
-        await publish_event(
-            validate.generation_requests, TOPICS.generation_requests, escalation, STAGE
-        )
+        await outbox.event(validate.generation_requests, TOPICS.generation_requests, escalation)
         return "escalated", escalation
     failed = [check.name for check in outcome.checks if not check.passed]
     refusal = refusal_answer(
@@ -126,12 +128,12 @@ async def _on_failure(
         output_tokens=generation.output_tokens,
         cost_usd=_cost(validate.settings, generation),
     )
-    await publish_event(validate.answers, TOPICS.answers, refusal, STAGE)
+    await outbox.event(validate.answers, TOPICS.answers, refusal)
     return "refused", refusal
 
 
 async def validate_one(
-    generation: GenerationV1, broker: KafkaBroker, validate: ValidateResources
+    generation: GenerationV1, validate: ValidateResources, outbox: Outbox
 ) -> None:
     started = utc_now()
     outcome = validate_generation(generation.raw_output, generation.context, validate.rules)
@@ -157,28 +159,25 @@ async def validate_one(
             confidence=outcome.parsed.confidence,
             latency_ms=latency_ms(generation.asked_at, generation.produced_at),
         )
-        await publish_event(validate.answers, TOPICS.answers, answer, STAGE)
-        await publish_lineage(
-            broker, lineage_record(STAGE, generation, "ok", started, [answer], details)
-        )
+        await outbox.event(validate.answers, TOPICS.answers, answer)
+        await outbox.lineage(lineage_record(STAGE, generation, "ok", started, [answer], details))
         return
-    result, out = await _on_failure(generation, outcome, validate)
+    result, out = await _on_failure(generation, outcome, validate, outbox)
     details["failures"] = list(outcome.failures)
-    await publish_lineage(
-        broker, lineage_record(STAGE, generation, result, started, [out], details)
-    )
+    await outbox.lineage(lineage_record(STAGE, generation, result, started, [out], details))
 
 
 async def validate_batch_of_generations(
     values: list[bytes], message: KafkaMessage, broker: KafkaBroker, validate: Validate
 ) -> None:
     batch = validate_batch(message, TOPICS.generations)
-    await batch.handle_each(
-        broker,
-        STAGE,
-        lambda g: validate_one(g, broker, validate),
-        attempts=validate.settings.handler_attempts,
-    )
+    async with Outbox(broker, STAGE) as outbox:  # no round trip per answer and lineage
+        await batch.handle_each(
+            broker,
+            STAGE,
+            lambda g: validate_one(g, validate, outbox),
+            attempts=validate.settings.handler_attempts,
+        )
     await batch.dead_letter_invalid(broker, STAGE)
 
 
