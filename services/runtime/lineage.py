@@ -51,6 +51,16 @@ LINEAGE_ATTEMPTS = 4
 LINEAGE_LOST: dict[str, int] = {}
 
 
+def lineage_options(record: LineageRecordV1) -> dict[str, Any]:
+    """How a lineage record (`event_bytes`) is published with the broker: on the audit topic,
+    keyed per the registry, with its headers."""
+    return {
+        "topic": TOPICS.audit.name,
+        "key": TOPICS.audit.key_bytes(record),
+        "headers": event_headers(TOPICS.audit, record, record.stage),
+    }
+
+
 async def publish_lineage(broker: Any, record: LineageRecordV1) -> None:
     """Publish a lineage record, retried with backoff; a failure after the last try is logged
     and counted (`LINEAGE_LOST`), never raised into the main path."""
@@ -61,12 +71,7 @@ async def publish_lineage(broker: Any, record: LineageRecordV1) -> None:
             reraise=True,
         ):
             with attempt:
-                await broker.publish(
-                    event_bytes(record),
-                    topic=TOPICS.audit.name,
-                    key=TOPICS.audit.key_bytes(record),
-                    headers=event_headers(TOPICS.audit, record, record.stage),
-                )
+                await broker.publish(event_bytes(record), **lineage_options(record))
         event_published(record.stage, TOPICS.audit)
     except Exception:
         LINEAGE_LOST[record.stage] = LINEAGE_LOST.get(record.stage, 0) + 1

@@ -8,9 +8,9 @@ from typing import Any
 
 from contracts.registry import TOPICS, TopicSpec
 from contracts.v1 import Envelope, LineageRecordV1
-from services.runtime.lineage import publish_lineage
+from services.runtime.lineage import lineage_options, publish_lineage
 from services.runtime.metrics import event_published
-from services.runtime.publishing import Publisher, event_bytes, event_headers
+from services.runtime.publishing import Publisher, event_bytes, event_options
 
 
 class Outbox:
@@ -52,31 +52,22 @@ class Outbox:
         if error is None:
             await self.confirmed()
         else:  # the block failed: let what was sent settle, and keep its error
-            await asyncio.gather(*self._pending(), return_exceptions=True)
+            sent = [s for s, _ in [*self._events, *self._lineage]]
+            await asyncio.gather(*map(_acked, sent), return_exceptions=True)
 
     async def event(self, publisher: Publisher, spec: TopicSpec, event: Envelope) -> None:
         """Send `event` on its topic, keyed per the registry, as `publish_event` does."""
-        sent = await publisher.publish(
-            event_bytes(event),
-            key=spec.key_bytes(event),
-            headers=event_headers(spec, event, self.stage),
-            correlation_id=event.correlation_id,
-            no_confirm=True,
-        )
+        options = event_options(spec, event, self.stage)
+        sent = await publisher.publish(event_bytes(event), **options, no_confirm=True)
         self._events.append((sent, spec))
 
     async def lineage(self, record: LineageRecordV1) -> None:
         """Send a lineage record to the audit topic, as `publish_lineage` does."""
+        options = lineage_options(record)
         try:
-            sent: Any = await self.broker.publish(
-                event_bytes(record),
-                topic=TOPICS.audit.name,
-                key=TOPICS.audit.key_bytes(record),
-                headers=event_headers(TOPICS.audit, record, record.stage),
-                no_confirm=True,
-            )
+            sent: Any = await self.broker.publish(event_bytes(record), **options, no_confirm=True)
         except Exception as error:  # sent again, with retries, in `confirmed`
-            sent = _failed(error)
+            sent = error
         self._lineage.append((sent, record))
 
     async def confirmed(self) -> None:
@@ -96,17 +87,11 @@ class Outbox:
                 raise outcome
             event_published(self.stage, spec)
 
-    def _pending(self) -> list[Any]:
-        return [_acked(sent) for sent, _ in [*self._events, *self._lineage]]
-
-
-def _failed(error: Exception) -> asyncio.Future[None]:
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    future.set_exception(error)
-    return future
-
 
 async def _acked(sent: Any) -> None:
-    """Wait for a send's ack (FastStream's test broker hands back none to wait for)."""
+    """Wait for a send's ack: the producer's future, the error that stopped the send, or
+    nothing to wait for (FastStream's test broker hands back none)."""
+    if isinstance(sent, BaseException):
+        raise sent
     if isinstance(sent, asyncio.Future):
         await sent

@@ -82,17 +82,21 @@ def event_bytes(event: Envelope) -> bytes:
     return event.model_dump_json().encode("utf-8")
 
 
-async def publish_event(publisher: Publisher, spec: TopicSpec, event: Envelope, stage: str) -> None:
-    """Publish `event` on its topic, keyed per the registry, and wait for the broker's ack.
+def event_options(spec: TopicSpec, event: Envelope, stage: str) -> dict[str, Any]:
+    """How `event` (`event_bytes`) is published on `spec`'s topic: keyed per the registry,
+    with its headers. FastStream's correlation id is the event's, so every hop's messaging
+    spans carry it (`messaging.message.conversation_id`); the broker's telemetry adds the
+    trace context."""
+    return {
+        "key": spec.key_bytes(event),
+        "headers": event_headers(spec, event, stage),
+        "correlation_id": event.correlation_id,
+    }
 
-    FastStream's correlation id is the event's, so every hop's messaging spans carry it
-    (`messaging.message.conversation_id`); the broker's telemetry adds the trace context."""
-    await publisher.publish(
-        event_bytes(event),
-        key=spec.key_bytes(event),
-        headers=event_headers(spec, event, stage),
-        correlation_id=event.correlation_id,
-    )
+
+async def publish_event(publisher: Publisher, spec: TopicSpec, event: Envelope, stage: str) -> None:
+    """Publish `event` on its topic (`event_options`) and wait for the broker's ack."""
+    await publisher.publish(event_bytes(event), **event_options(spec, event, stage))
     event_published(stage, spec)
 
 
