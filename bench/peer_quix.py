@@ -30,6 +30,7 @@ from sentence_transformers import SentenceTransformer
 
 from contracts.registry import TOPICS
 from services.chunk.chunker import Chunker, chunk_id, load_tokenizer
+from services.route.local_store import commit_without_fsync
 
 
 def run(bootstrap: str, expect: int, qdrant_dir: Path, idle_s: float) -> dict[str, Any]:
@@ -45,6 +46,7 @@ def run(bootstrap: str, expect: int, qdrant_dir: Path, idle_s: float) -> dict[st
             distance=models.Distance.COSINE,
         ),
     )
+    commit_without_fsync(qdrant)  # as route's local store does: the same storage cost a point
     app = Application(
         broker_address=bootstrap,
         consumer_group=f"quix-peer-{time.time_ns()}",

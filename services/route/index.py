@@ -12,6 +12,7 @@ from qdrant_client import AsyncQdrantClient, models
 
 from contracts.v1 import ChunkSetV1, ChunkVectorV1
 from services.route.local_search import query_filtered
+from services.route.local_store import commit_without_fsync
 from services.route.patient_qdrant import patient
 
 VECTOR_SIZE = 384
@@ -137,6 +138,13 @@ class VectorIndex:
         if self._client is None:
             raise RuntimeError("VectorIndex used before warm_up()")
         return self._client
+
+    def commit_without_fsync(self) -> list[str]:
+        """Local mode: every collection open now commits without an fsync for each point
+        (`local_store`); the names of those changed. A server's storage is not touched."""
+        if not self.local or self._plain is None:
+            return []
+        return commit_without_fsync(self._plain)
 
     async def reachable(self) -> bool:
         """Readiness: the store answers now and has the collection (never waits it out)."""

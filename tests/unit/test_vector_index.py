@@ -5,12 +5,16 @@ import asyncio
 import logging
 import math
 import random
+import signal
 import socket
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
-from qdrant_client import AsyncQdrantClient, models
+from qdrant_client import AsyncQdrantClient, QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from contracts.v1 import AnswerV1, ChunkSetV1, ChunkVectorV1, ProducedBy, VectorV1
@@ -19,9 +23,11 @@ from services.chunk.chunker import chunk_id
 from services.route.cache import AnswerCache
 from services.route.index import VectorIndex
 from services.route.local_search import query_filtered
+from services.route.local_store import commit_without_fsync, sqlite_connections
 from services.route.patient_qdrant import patient, unreachable
 
 ROUTE = ProducedBy(service="test", version="1")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def unit_vector(seed: int) -> list[float]:
@@ -99,6 +105,66 @@ async def test_local_mode_drops_stale_points_written_before_a_restart(tmp_path: 
     await second.apply_chunk_set(chunk_set("acme", "d", 3, [], deleted=True))
     assert await second.chunk_ids("acme") == [other.chunk.chunk_id]
     await second.close()
+
+
+def _journal_mode(path: Path) -> str:
+    """The journal mode a collection's SQLite file is in (WAL is kept in the file)."""
+    with sqlite3.connect(path) as connection:
+        return str(connection.execute("PRAGMA journal_mode").fetchone()[0])
+
+
+async def test_local_mode_commits_without_an_fsync_and_keeps_what_it_wrote(
+    tmp_path: Path,
+) -> None:
+    """Route puts the index and the answer cache in WAL mode with synchronous=NORMAL (no
+    fsync a point); what was written is all there when the store is opened again."""
+    index = VectorIndex(path=tmp_path / "qdrant", collection="chunks")
+    await index.warm_up()
+    await AnswerCache(index.client, "answers", local=True).warm_up()
+    assert index.commit_without_fsync() == ["answers", "chunks"]
+    connections = sqlite_connections(index._plain)
+    assert connections is not None and sorted(connections) == ["answers", "chunks"]
+    for connection in connections.values():
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert connection.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    await index.upsert([vector_event("acme", "d", 1, p, seed=p) for p in range(20)])
+    await index.close()
+    assert _journal_mode(tmp_path / "qdrant" / "collection" / "chunks" / "storage.sqlite") == "wal"
+    again = VectorIndex(path=tmp_path / "qdrant", collection="chunks")
+    await again.warm_up()
+    assert await again.count("acme", "d") == 20
+    await again.close()
+
+
+def test_points_written_without_an_fsync_survive_a_kill_9(tmp_path: Path) -> None:
+    """A process killed right after its upsert returned: every point is there (the commit was
+    in the operating system's file cache; only a power loss could roll it back)."""
+    writer = f"""
+import os, signal
+from qdrant_client import QdrantClient, models
+from services.route.local_store import commit_without_fsync
+client = QdrantClient(path={str(tmp_path / "qdrant")!r})
+client.create_collection("c", vectors_config=models.VectorParams(size=4, distance="Cosine"))
+assert commit_without_fsync(client) == ["c"]
+for i in range(50):
+    client.upsert("c", [models.PointStruct(id=i, vector=[1.0, i, 0.0, 1.0])], wait=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    done = subprocess.run([sys.executable, "-c", writer], cwd=ROOT, timeout=120)
+    assert done.returncode == -signal.SIGKILL
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    try:
+        assert client.count("c").count == 50
+    finally:
+        client.close()
+
+
+def test_a_client_laid_out_otherwise_keeps_its_fsync_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="ragstream.route.qdrant"):
+        assert commit_without_fsync(object()) == []
+    assert "keeps its own fsync" in caplog.text
 
 
 async def test_search_never_crosses_tenants(index: VectorIndex) -> None:
