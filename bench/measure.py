@@ -29,8 +29,9 @@ def spread(values: list[float]) -> dict[str, float | None]:
 
 
 def pipeline_ms(results: list[AskResult]) -> list[float]:
-    """Each answered question's latency from its publication to its answer's (AnswerV1)."""
-    return [r.answer.latency_ms for r in results if r.answer is not None]
+    """Each answered question's latency from its publication to its answer's (AnswerV1);
+    refusals are left out (a rate limit's or a budget's answer is fast, and would flatter)."""
+    return [r.answer.latency_ms for r in results if r.answer is not None and not r.refused]
 
 
 async def ask_one_at_a_time(

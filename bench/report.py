@@ -170,7 +170,8 @@ def _flood(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     others, flooder = b["others"], b["flooder"]
     limits = f"{b['limits']['rate_per_second']:g}/s, burst {b['limits']['burst']}"
     return [
-        (name, f"others, no flood: p50 / p95 / p99 ({others['baseline']['questions']} asked)",
+        (name, f"others, no flood: p50 / p95 / p99 ({others['baseline']['questions']} asked, "
+         f"{len(others['tenants'])} tenants taking turns)",
          _ms(others["baseline"]["end_to_end_ms"]), "", ""),
         (name, f"others, during the flood ({others['during']['questions']} asked)",
          _ms(others["during"]["end_to_end_ms"]), "", ""),
@@ -182,6 +183,8 @@ def _flood(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         (name, "flooder's answered tokens / daily budget",
          f"{flooder['answered_tokens']} / {flooder['daily_token_budget']}", "budget holds",
          _verdict(flooder["budget_held"])),
+        (name, "others' questions refused (left out of their latencies)",
+         str(others["refused"]), "", ""),
         (name, "others' p99 during / without", _ratio(b["p99_ratio"]), "<= 2",
          _verdict(b["met"])),
         *_stages(name, others["baseline"].get("stages", {}),
