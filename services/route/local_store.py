@@ -6,7 +6,7 @@ route 1.5 ms of wall time and 0.9 ms of CPU a point on this machine's disk (0.16
 with the change below), and route writes three points an answer (its pending cache entry,
 the ready answer, the exact key) and one a chunk indexed, all on its event loop, which every
 question behind them waits for: in a py-spy profile of `bench/run.py --only load --quick`,
-20% of route's samples were in those commits.
+17% of route's samples were in those commits.
 
 `commit_without_fsync` puts each collection's file in WAL mode with `synchronous=NORMAL`: a
 commit appends to the write-ahead log and returns; the log is synced when SQLite checkpoints
