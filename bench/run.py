@@ -275,8 +275,8 @@ def tenant_flood(
     tiny = [d.text.split("\n\n")[1].split(". ")[0] + "." for d in flood]
     asked = [q.question for q in make_questions(flood, sizes["flood_questions"], seed=args.seed)]
     with pipeline_running(bootstrap, work / "flood", **FLOOD_ENV) as triton_url:
+        texts, ids = [d.text for d in others], [d.doc_id for d in others]
         for i, tenant in enumerate(OTHERS):
-            texts, ids = [d.text for d in others], [d.doc_id for d in others]
             _indexed(bootstrap, tenant, texts, ids, warm_up=i == 0)
         time.sleep(BURST / RATE_PER_SECOND)  # their rate limit's buckets full again
         baseline = pool[: sizes["flood_baseline_questions"]]

@@ -314,9 +314,8 @@ def create_app(settings: RouteSettings | None = None) -> FastStream:
             index.client, settings.cache_collection, settings.exact_cache_entries, local=index.local
         )
         await cache.warm_up()
-        if not settings.qdrant_local_fsync:
-            if relaxed := index.commit_without_fsync():
-                logger.info("local Qdrant commits without an fsync for each point: %s", relaxed)
+        if not settings.qdrant_local_fsync and (relaxed := index.commit_without_fsync()):
+            logger.info("local Qdrant commits without an fsync for each point: %s", relaxed)
         # Before the ledger is rebuilt from the generations topic: crossings already alerted.
         alerted = await read_alerted_keys(resolve_bootstrap(settings), settings)
         budget_alerts = BudgetAlerts(settings.budget_alert_share, alerted)

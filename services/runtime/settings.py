@@ -327,10 +327,10 @@ class RouteSettings(QuerySettings):
     qdrant_collection: str = Field(default="ragstream_chunks")
     cache_collection: str = Field(default="ragstream_answers")
     index_batch_size: int = Field(default=128, ge=1, le=4096, description="Vectors per upsert.")
+    index_batch_wait_ms: int = Field(default=100, ge=0)
     qdrant_local_fsync: bool = Field(
         default=False,
         description="Local mode: an fsync for every point written (SQLite's default journal), "
         "instead of WAL without one; only a power loss tells them apart "
         "(services/route/local_store.py).",
     )
-    index_batch_wait_ms: int = Field(default=100, ge=0)
