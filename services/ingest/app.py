@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeAlias
 
-from faststream import FastStream
+from aiokafka import ConsumerRecord
+from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaRouter
 from pydantic import JsonValue
 
@@ -30,11 +31,13 @@ from services.ingest.normalise import Rejection
 from services.ingest.rate_limits import TenantRateLimits
 from services.ingest.versions import DocumentVersions
 from services.runtime.answers import refusal_answer
+from services.runtime.batches import validate_records
 from services.runtime.broker import subscriber_options
-from services.runtime.dead_letters import reject_record
+from services.runtime.dead_letters import dead_letter_for, publish_dead_letter
 from services.runtime.lineage import lineage_record, publish_lineage
 from services.runtime.loop_context import KafkaBroker, KafkaMessage, LoopContext
 from services.runtime.outbox import Outbox
+from services.runtime.partition_workers import PartitionWorkers, WorkersListener, records_of
 from services.runtime.publishing import derived_from, publish_event
 from services.runtime.settings import IngestSettings
 from services.runtime.stage import stage_app
@@ -46,11 +49,14 @@ accepted_queries = router.publisher(TOPICS.queries_accepted.name, title="queries
 answers = router.publisher(TOPICS.answers.name, title="answers")
 #: A refused question is quoted in its refusal up to this many characters.
 QUOTED_QUESTION_CHARS = 500
-#: Questions are consumed by one group member per partition of their topic (FastStream's
-#: `max_workers`: each member handles its partitions in order and commits after handling). A
-#: tenant's questions share a partition (keyed by tenant), so one tenant's flood holds up only
-#: the tenants that hash to its partition, not every question behind it.
-QUESTION_CONSUMERS = TOPICS.queries.partitions
+#: Questions are consumed by one consumer and handled by a worker per partition (each in
+#: order, committed after handling). A tenant's questions share a partition (keyed by tenant),
+#: so one tenant's flood holds up only the tenants that hash to its partition, not every
+#: question behind it; and one consumer polls the broker, not one per partition.
+QUESTIONS = PartitionWorkers(STAGE)
+#: Records a fetch of questions hands the workers at most, and how long it waits to fill.
+QUESTION_FETCH_RECORDS = 256
+QUESTION_FETCH_WAIT_MS = 5
 
 
 @dataclass
@@ -71,9 +77,17 @@ class IngestResources:
 Ingest = Annotated[IngestResources, LoopContext("ingest")]
 
 
+RawRecord: TypeAlias = ConsumerRecord[Any, Any]
+
+
+def _headers(record: RawRecord) -> dict[str, str]:
+    """A record's headers as FastStream hands them to a single-record handler."""
+    return {key: value.decode("utf-8", "replace") for key, value in record.headers or ()}
+
+
 async def _turn_away(
     broker: KafkaBroker,
-    message: KafkaMessage,
+    record: RawRecord,
     event: Envelope,
     started: datetime,
     kind: str,
@@ -83,7 +97,7 @@ async def _turn_away(
     awaited together (one broker round trip, not three: a flood is mostly turned away, and
     other tenants' events wait behind it), all before the record is committed."""
     publishes: list[Awaitable[Any]] = [
-        reject_record(broker, message, STAGE, kind, reason)  # type: ignore[arg-type]
+        publish_dead_letter(broker, dead_letter_for(record, STAGE, kind, reason))  # type: ignore[arg-type]
     ]
     outputs: list[Envelope] = []
     if isinstance(event, QueryV1):  # the asker gets a refusal now, not a timeout
@@ -108,22 +122,22 @@ async def _turn_away(
 
 async def _lying_headers(
     broker: KafkaBroker,
-    message: KafkaMessage,
+    record: RawRecord,
     spec: TopicSpec,
     event: Envelope,
     started: datetime,
 ) -> bool:
-    reason = header_contradiction(message.headers, spec, event)
+    reason = header_contradiction(_headers(record), spec, event)
     if reason is None:
         return False
     reason = f"event {event.event_id} of tenant {event.tenant_id}: {reason}"
-    await _turn_away(broker, message, event, started, "rejected", reason)
+    await _turn_away(broker, record, event, started, "rejected", reason)
     return True
 
 
 async def _over_rate(
     broker: KafkaBroker,
-    message: KafkaMessage,
+    record: RawRecord,
     event: Envelope,
     ingest: IngestResources,
     started: datetime,
@@ -135,7 +149,7 @@ async def _over_rate(
         f"tenant {event.tenant_id} is over its rate limit of {rate:g} events/s (burst {burst}); "
         "replay it from the DLQ later or raise RAGSTREAM_TENANT_RATE_PER_SECOND"
     )
-    await _turn_away(broker, message, event, started, "rate_limited", reason)
+    await _turn_away(broker, record, event, started, "rate_limited", reason)
     return True
 
 
@@ -148,9 +162,10 @@ async def ingest_document(
 ) -> None:
     """Accept an upsert as a new version, drop an unchanged re-publish, propagate a delete."""
     started = utc_now()
-    if await _lying_headers(broker, message, TOPICS.documents, event, started):
+    record = message.raw_message
+    if await _lying_headers(broker, record, TOPICS.documents, event, started):
         return
-    if await _over_rate(broker, message, event, ingest, started):
+    if await _over_rate(broker, record, event, ingest, started):
         return
     common = {**derived_from(event, STAGE), "doc_id": event.doc_id}
     if isinstance(event, DocumentDeleteV1):
@@ -167,7 +182,7 @@ async def ingest_document(
     # Parsing a large HTML document takes seconds: off the loop, the consumer keeps heartbeating.
     prepared = await asyncio.to_thread(prepare_document, event, ingest.settings)
     if isinstance(prepared, Rejection):
-        await _turn_away(broker, message, event, started, "rejected", prepared.reason)
+        await _turn_away(broker, record, event, started, "rejected", prepared.reason)
         return
     decision = ingest.versions.decide_upsert(
         event.tenant_id, event.doc_id, prepared.content_hash, reindex=event.reindex
@@ -202,24 +217,46 @@ async def ingest_document(
 
 @router.subscriber(
     TOPICS.queries.name,
-    max_workers=QUESTION_CONSUMERS,
-    **subscriber_options(STAGE, TOPICS.queries),
+    batch=True,
+    max_records=QUESTION_FETCH_RECORDS,
+    batch_timeout_ms=QUESTION_FETCH_WAIT_MS,
+    **subscriber_options(STAGE, TOPICS.queries)
+    | {"ack_policy": AckPolicy.MANUAL, "listener": WorkersListener(STAGE, QUESTIONS)},
 )
-async def ingest_query(
-    event: QueryV1,
+async def ingest_queries(
+    values: list[bytes],
     message: KafkaMessage,
     broker: KafkaBroker,
     ingest: Ingest,
 ) -> None:
+    """Hand the fetched questions to their partitions' workers (`QUESTIONS`), which commit
+    each after handling it: FastStream commits nothing here (a manual ack policy)."""
+
+    async def handle(record: RawRecord) -> None:
+        batch = validate_records([record], TOPICS.queries)
+        await batch.handle_each(
+            broker,
+            STAGE,
+            lambda event: ingest_query(event, record, broker, ingest),
+            attempts=ingest.settings.handler_attempts,
+        )
+        await batch.dead_letter_invalid(broker, STAGE)
+
+    await QUESTIONS.dispatch(records_of(message), message.consumer, handle)
+
+
+async def ingest_query(
+    event: QueryV1, record: RawRecord, broker: KafkaBroker, ingest: IngestResources
+) -> None:
     """Accept a question in normalised form, or turn it away with a reason."""
     started = utc_now()
-    if await _lying_headers(broker, message, TOPICS.queries, event, started):
+    if await _lying_headers(broker, record, TOPICS.queries, event, started):
         return
-    if await _over_rate(broker, message, event, ingest, started):
+    if await _over_rate(broker, record, event, ingest, started):
         return
     prepared = prepare_question(event, ingest.settings)
     if isinstance(prepared, Rejection):
-        await _turn_away(broker, message, event, started, "rejected", prepared.reason)
+        await _turn_away(broker, record, event, started, "rejected", prepared.reason)
         return
     accepted = AcceptedQueryV1(
         **derived_from(event, STAGE),
@@ -240,9 +277,13 @@ def create_app(settings: IngestSettings | None = None) -> FastStream:
     @asynccontextmanager
     async def resources() -> AsyncIterator[dict[str, Any]]:
         ingest = IngestResources.open(settings)
+        QUESTIONS.open()
         try:
             yield {"ingest": ingest}
         finally:
             ingest.versions.close()
 
-    return stage_app(STAGE, settings, router, resources)
+    app = stage_app(STAGE, settings, router, resources)
+    # Before the consumers stop: each question worker finishes and commits its record.
+    app.on_shutdown(QUESTIONS.close)
+    return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -164,6 +164,14 @@ def validate_batch(message: StreamMessage[Any], spec: TopicSpec) -> BatchValidat
     """Decode each record of a batch message with `spec`'s contract."""
     batched = isinstance(message.raw_message, (tuple, list))  # a list in TestKafkaBroker
     records = message.raw_message if batched else (message.raw_message,)
+    return validate_records(records, spec, traced=batched)
+
+
+def validate_records(
+    records: Sequence[ConsumerRecord[Any, Any]], spec: TopicSpec, traced: bool = True
+) -> BatchValidation:
+    """Decode each of `records` with `spec`'s contract; `traced`: keep the trace context each
+    came with (a single-record subscriber's consumer span is already in its trace)."""
     result = BatchValidation(spec)
     for record in records:
         if problem := header_problem(record.headers or ()):  # see broker.batch_parser
@@ -176,7 +184,6 @@ def validate_batch(message: StreamMessage[Any], spec: TopicSpec) -> BatchValidat
             continue
         result.events.append(event)
         result.records[event.event_id] = record
-        # A single record's consumer span is already in its trace; a batch's is not.
-        if batched and (context := trace_context_of(record.headers)) is not None:
+        if traced and (context := trace_context_of(record.headers)) is not None:
             result.trace_contexts[event.event_id] = context
     return result
