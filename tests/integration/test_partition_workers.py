@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from services.runtime.embedded_broker import EmbeddedBroker
+from services.runtime.metrics import OwnedPartitions
 from services.runtime.partition_workers import PartitionWorkers, WorkersListener
 from tests.integration.conftest import eventually
 
@@ -71,6 +72,10 @@ async def _consuming(
         with suppress(asyncio.CancelledError):
             await task
         await consumer.stop()
+        # The partitions-owned gauge is the process's: leave none of this test's behind.
+        await OwnedPartitions("test").on_partitions_revoked(
+            {TopicPartition(topic, p) for p in range(PARTITIONS)}
+        )
 
 
 def _handled(handled: Counter[bytes], count: int) -> Any:
