@@ -25,6 +25,7 @@ from contracts.v1 import (
     QueryV1,
 )
 from contracts.v1.envelope import utc_now
+from contracts.v1.operations import DeadLetterKind
 from services.ingest.acceptance import prepare_document, prepare_question
 from services.ingest.headers import header_contradiction
 from services.ingest.normalise import Rejection
@@ -90,14 +91,14 @@ async def _turn_away(
     record: RawRecord,
     event: Envelope,
     started: datetime,
-    kind: str,
+    kind: DeadLetterKind,
     reason: str,
 ) -> None:
     """The record to the DLQ, a question's refusal to its asker, and the lineage: sent at once,
     awaited together (one broker round trip, not three: a flood is mostly turned away, and
     other tenants' events wait behind it), all before the record is committed."""
     publishes: list[Awaitable[Any]] = [
-        publish_dead_letter(broker, dead_letter_for(record, STAGE, kind, reason))  # type: ignore[arg-type]
+        publish_dead_letter(broker, dead_letter_for(record, STAGE, kind, reason))
     ]
     outputs: list[Envelope] = []
     if isinstance(event, QueryV1):  # the asker gets a refusal now, not a timeout

@@ -209,16 +209,6 @@ async def publish_dead_letter(broker: Any, letter: DeadLetterV1) -> None:
     )
 
 
-async def reject_record(
-    broker: Any, message: StreamMessage[Any], stage: str, kind: DeadLetterKind, reason: str
-) -> None:
-    """Send the record behind `message` to the DLQ: expected bad input, decided by a handler."""
-    record = message.raw_message
-    if not isinstance(record, ConsumerRecord):
-        raise TypeError("reject_record takes the message of a single-record subscriber")
-    await publish_dead_letter(broker, dead_letter_for(record, stage, kind, reason))
-
-
 def handler_retry_wait(wait_s: float) -> wait_base:
     """The wait between tries of an event's handling: `wait_s`, doubling, at most 5 s. The
     middleware retrying a record and `BatchValidation.handle_each` retrying an event of a batch
