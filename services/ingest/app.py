@@ -32,13 +32,13 @@ from services.ingest.normalise import Rejection
 from services.ingest.rate_limits import TenantRateLimits
 from services.ingest.versions import DocumentVersions
 from services.runtime.answers import refusal_answer
-from services.runtime.batches import validate_records
+from services.runtime.batches import records_of, validate_records
 from services.runtime.broker import subscriber_options
 from services.runtime.dead_letters import dead_letter_for, publish_dead_letter
 from services.runtime.lineage import lineage_record, publish_lineage
 from services.runtime.loop_context import KafkaBroker, KafkaMessage, LoopContext
 from services.runtime.outbox import Outbox
-from services.runtime.partition_workers import PartitionWorkers, WorkersListener, records_of
+from services.runtime.partition_workers import PartitionWorkers, WorkersListener
 from services.runtime.publishing import derived_from, publish_event
 from services.runtime.settings import IngestSettings
 from services.runtime.stage import stage_app

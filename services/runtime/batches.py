@@ -160,11 +160,17 @@ def _raise_if_batch_wide(error: BaseException | None) -> BaseException | None:
     return error
 
 
+def records_of(message: StreamMessage[Any]) -> Sequence[ConsumerRecord[Any, Any]]:
+    """The records behind a batch subscriber's message (a list in TestKafkaBroker), or the
+    one record of a single-record subscriber's."""
+    raw = message.raw_message
+    return raw if isinstance(raw, (tuple, list)) else (raw,)
+
+
 def validate_batch(message: StreamMessage[Any], spec: TopicSpec) -> BatchValidation:
     """Decode each record of a batch message with `spec`'s contract."""
-    batched = isinstance(message.raw_message, (tuple, list))  # a list in TestKafkaBroker
-    records = message.raw_message if batched else (message.raw_message,)
-    return validate_records(records, spec, traced=batched)
+    batched = isinstance(message.raw_message, (tuple, list))
+    return validate_records(records_of(message), spec, traced=batched)
 
 
 def validate_records(

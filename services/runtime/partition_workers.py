@@ -48,16 +48,11 @@ FINISH_WAIT_S = 10.0
 class _Worker:
     partition: TopicPartition
     consumer: AIOKafkaConsumer
+    handle: Handle
     queue: asyncio.Queue[Record] = field(default_factory=asyncio.Queue)
     handling: bool = False
     stopping: bool = False
     task: asyncio.Task[None] | None = None
-
-
-def records_of(message: Any) -> Sequence[Record]:
-    """The records behind a batch subscriber's message (one for a single-record message)."""
-    raw = message.raw_message
-    return raw if isinstance(raw, (tuple, list)) else (raw,)
 
 
 class PartitionWorkers:
@@ -68,7 +63,6 @@ class PartitionWorkers:
         self.queue_limit = queue_limit
         self.retry_wait_s = retry_wait_s
         self._workers: dict[TopicPartition, _Worker] = {}
-        self._handle: Handle | None = None
         self._closed = False
 
     def open(self) -> None:
@@ -85,10 +79,9 @@ class PartitionWorkers:
 
         Without a real consumer (FastStream's in-memory test broker), each is handled at once,
         in order, as a single-record subscriber would."""
-        self._handle = handle
         if not isinstance(consumer, AIOKafkaConsumer):
             for record in records:
-                await self._handle_until_done(record)
+                await self._handle_until_done(handle, record)
             return
         if self._closed:  # stopping: not committed, so consumed again after the restart
             return
@@ -99,7 +92,7 @@ class PartitionWorkers:
                 continue
             worker = self._workers.get(tp)
             if worker is None:
-                worker = self._workers[tp] = _Worker(tp, consumer)
+                worker = self._workers[tp] = _Worker(tp, consumer, handle)
                 worker.task = asyncio.create_task(self._work(worker), name=f"worker {tp}")
             worker.queue.put_nowait(record)
             if worker.queue.qsize() >= self.queue_limit:
@@ -110,23 +103,22 @@ class PartitionWorkers:
         while not worker.stopping:
             record = await worker.queue.get()
             worker.handling = True
-            await self._handle_until_done(record)
+            await self._handle_until_done(worker.handle, record)
             await self._commit(consumer, tp, record.offset + 1)
             worker.handling = False
             if worker.queue.qsize() <= self.queue_limit // 2 and tp in consumer.paused():
                 consumer.resume(tp)
 
-    async def _handle_until_done(self, record: Record) -> None:
-        """Handle `record`; what escapes the handler (broker trouble: the handler dead-letters
-        the event's own faults) is tried again, never committed past."""
-        assert self._handle is not None
+    async def _handle_until_done(self, handle: Handle, record: Record) -> None:
+        """`handle` `record`; what escapes the handler (broker trouble: the handler
+        dead-letters the event's own faults) is tried again, never committed past."""
         async for attempt in AsyncRetrying(
             wait=handler_retry_wait(self.retry_wait_s),
             retry=retry_if_exception_type(Exception),
             before_sleep=self._log_retry(record),
         ):
             with attempt:
-                await self._handle(record)
+                await handle(record)
 
     def _log_retry(self, record: Record) -> Callable[[RetryCallState], None]:
         def log(state: RetryCallState) -> None:
