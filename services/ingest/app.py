@@ -37,6 +37,7 @@ from services.runtime.broker import subscriber_options
 from services.runtime.dead_letters import dead_letter_for, publish_dead_letter
 from services.runtime.lineage import lineage_record, publish_lineage
 from services.runtime.loop_context import KafkaBroker, KafkaMessage, LoopContext
+from services.runtime.metrics import rate_limited
 from services.runtime.outbox import Outbox
 from services.runtime.partition_workers import PartitionWorkers, WorkersListener
 from services.runtime.publishing import derived_from, publish_event
@@ -93,13 +94,15 @@ async def _turn_away(
     started: datetime,
     kind: DeadLetterKind,
     reason: str,
+    dead_letter: bool = True,
 ) -> None:
-    """The record to the DLQ, a question's refusal to its asker, and the lineage: sent at once,
-    awaited together (one broker round trip, not three: a flood is mostly turned away, and
-    other tenants' events wait behind it), all before the record is committed."""
-    publishes: list[Awaitable[Any]] = [
-        publish_dead_letter(broker, dead_letter_for(record, STAGE, kind, reason))
-    ]
+    """The record to the DLQ (unless `dead_letter` is false), a question's refusal to its
+    asker, and the lineage: sent at once, awaited together (one broker round trip, not three:
+    a flood is mostly turned away, and other tenants' events wait behind it), all before the
+    record is committed."""
+    publishes: list[Awaitable[Any]] = []
+    if dead_letter:
+        publishes.append(publish_dead_letter(broker, dead_letter_for(record, STAGE, kind, reason)))
     outputs: list[Envelope] = []
     if isinstance(event, QueryV1):  # the asker gets a refusal now, not a timeout
         question = event.question
@@ -145,11 +148,17 @@ async def _over_rate(
 ) -> bool:
     if await ingest.limits.try_acquire(event.tenant_id):
         return False
+    rate_limited(STAGE, record.topic)
     rate, burst = ingest.limits.rate_per_second, ingest.limits.burst
-    reason = (
-        f"tenant {event.tenant_id} is over its rate limit of {rate:g} events/s (burst {burst}); "
-        "replay it from the DLQ later or raise RAGSTREAM_TENANT_RATE_PER_SECOND"
-    )
+    limit = f"tenant {event.tenant_id} is over its rate limit of {rate:g} events/s (burst {burst})"
+    if isinstance(event, QueryV1):
+        # Its refusal is its answer (ask again later): no dead letter, whose replay would give
+        # the request a second answer, and a flood costs the broker two records an event, not
+        # four (the letter has its own lineage record).
+        reason = f"{limit}; ask again later"
+        await _turn_away(broker, record, event, started, "rate_limited", reason, dead_letter=False)
+        return True
+    reason = f"{limit}; replay it from the DLQ later or raise RAGSTREAM_TENANT_RATE_PER_SECOND"
     await _turn_away(broker, record, event, started, "rate_limited", reason)
     return True
 

@@ -36,6 +36,11 @@ DEAD_LETTERS = Counter(
     "Dead letters published to the DLQ topic, per error kind.",
     ["stage", "error_kind"],
 )
+RATE_LIMITED = Counter(
+    "ragstream_rate_limited_total",
+    "Events turned away over their tenant's rate limit, per source topic.",
+    ["stage", "topic"],
+)
 BATCH_SIZE = Histogram(
     "ragstream_batch_size",
     "Records per consumed batch (1 for single-record subscribers).",
@@ -118,6 +123,10 @@ def event_published(stage: str, spec: TopicSpec) -> None:
 def dead_letter_published(stage: str, source_topic: str, error_kind: str) -> None:
     EVENTS_FAILED.labels(stage, source_topic).inc()
     DEAD_LETTERS.labels(stage, error_kind).inc()
+
+
+def rate_limited(stage: str, source_topic: str) -> None:
+    RATE_LIMITED.labels(stage, source_topic).inc()
 
 
 def model_called(tier: str, model: str, latency_ms: float, ok: bool) -> None:

@@ -393,8 +393,14 @@ async def test_a_question_flood_holds_up_only_its_own_partition(
         pipeline.restart("ingest")
     calm_taken = [r for r in accepted if json.loads(r.value)["tenant_id"] == calm_tenant]
     assert len(calm_taken) == 1 and len(refusals) == len(flood) - 5
+    # a refusal is the question's one answer: no dead letter, whose replay would be a second
+    letters = [
+        DeadLetterV1.model_validate_json(r.value)
+        for r in await read_topic(pipeline.bootstrap, TOPICS.dlq.name)
+    ]
+    assert [letter for letter in letters if letter.tenant_id == flood_tenant] == []
     refused_before = sum(1 for r in refusals if r.timestamp <= calm_taken[0].timestamp)
-    print(f"question flood: {len(flood)} flood questions, {len(refusals)} refused, "
+    print(f"question flood: {len(flood)} flood questions, {len(refusals)} refused, DLQ 0, "
           f"{refused_before} of them before the other tenant's question was accepted")  # fmt: skip
     assert refused_before < len(refusals) // 2
 

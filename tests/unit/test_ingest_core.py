@@ -15,7 +15,7 @@ from services.cli.ingest_cmd import IngestReport, Outcome, document_event
 from services.cli.main import app
 from services.ingest.acceptance import PreparedDocument, prepare_document, prepare_question
 from services.ingest.normalise import Rejection, html_to_markdown, normalise_text
-from services.ingest.rate_limits import TenantRateLimits
+from services.ingest.rate_limits import RefusalSummary, TenantRateLimits
 from services.ingest.versions import DocumentVersions, VersionDecision
 from services.runtime import tracing
 from services.runtime.settings import IngestSettings
@@ -163,3 +163,24 @@ async def test_rate_limits_are_per_tenant() -> None:
     limits = TenantRateLimits(rate_per_second=0.001, burst=3)
     assert [await limits.try_acquire("flood") for _ in range(5)] == [True, True, True, False, False]
     assert await limits.try_acquire("quiet")
+
+
+def test_rate_limited_events_are_logged_as_a_summary_an_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A flood is one log line each 10 s with each tenant's count, not a line an event."""
+    now = [100.0]
+    summary = RefusalSummary(rate_per_second=2, burst=20, clock=lambda: now[0])
+    first = summary.add("flooder")
+    assert first == "over the rate limit (2 events/s, burst 20) since the last summary: flooder 1"
+    for n in range(500):
+        now[0] += 0.01
+        assert summary.add("flooder" if n % 5 else "other") is None
+    for n in range(12):
+        summary.add(f"forged-{n}")  # counted: the summary names the 10 most refused
+    now[0] += 10
+    line = summary.add("flooder")
+    assert line is not None
+    assert line.startswith("over the rate limit (2 events/s, burst 20) since the last summary: ")
+    assert "flooder 401, other 100, forged-" in line and line.endswith("; 4 more tenants: 4")
+    assert [r.getMessage() for r in caplog.records if r.name == "ragstream.ingest"] == [first, line]

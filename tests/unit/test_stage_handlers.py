@@ -14,9 +14,10 @@ from aiokafka import ConsumerRecord
 from fast_depends.library import CustomField
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.message import StreamMessage
+from prometheus_client import REGISTRY
 
 from contracts.registry import TOPICS
-from contracts.v1 import AcceptedDocumentV1, DocumentUpsertV1, ProducedBy
+from contracts.v1 import AcceptedDocumentV1, AnswerV1, DocumentUpsertV1, ProducedBy, QueryV1
 from services.chunk import app as chunk_stage
 from services.chunk.chunker import Chunker, load_tokenizer
 from services.ingest import app as ingest_stage
@@ -120,6 +121,36 @@ async def test_ingest_sends_bad_and_over_limit_events_to_the_dlq(ingest: Any) ->
     assert "rate limit" in dead[2]["reason"]
     assert base64.b64decode(dead[0]["original_value"]) == b"\xffnot json"
     ingest_stage.accepted_documents.mock.assert_called()
+
+
+async def test_ingest_refuses_a_question_over_its_rate_limit_without_a_dead_letter(
+    ingest: Any,
+) -> None:
+    """The refusal is the question's one answer (a dead letter's replay would give it a
+    second); the refusal is counted like a dead letter would be."""
+    broker, dead = ingest
+    labels = {"stage": "ingest", "topic": TOPICS.queries.name}
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("ragstream_rate_limited_total", labels) or 0.0
+
+    before = counted()
+    for n in range(4):  # burst of 3 per tenant
+        question = QueryV1(
+            tenant_id="asker",
+            correlation_id=f"c-{n}",
+            produced_by=ProducedBy(service="test", version="1"),
+            request_id=f"r-{n}",
+            question=f"How many vacation days in year {n}?",
+        )
+        await broker.publish(event_bytes(question), TOPICS.queries.name)
+    assert ingest_stage.accepted_queries.mock.call_count == 3
+    refusal = AnswerV1.model_validate(ingest_stage.answers.mock.call_args.args[0])
+    assert refusal.request_id == "r-3" and refusal.refusal is not None
+    assert refusal.refusal.reasons == ["rate_limited"]
+    assert "tenant asker is over its rate limit" in refusal.refusal.message
+    assert refusal.refusal.message.endswith("ask again later")
+    assert dead == [] and counted() == before + 1
 
 
 async def test_chunk_publishes_chunks_then_the_chunk_set() -> None:
