@@ -183,12 +183,25 @@ def _flood(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         (name, "flooder's answered tokens / daily budget",
          f"{flooder['answered_tokens']} / {flooder['daily_token_budget']}", "budget holds",
          _verdict(flooder["budget_held"])),
+        *_turn_away(name, b.get("turn_away")),
         (name, "others' questions refused (left out of their latencies)",
          str(others["refused"]), "", ""),
         (name, "others' p99 during / without", _ratio(b["p99_ratio"]), "<= 2",
          _verdict(b["met"])),
         *_stages(name, others["baseline"].get("stages", {}),
                  others["during"].get("stages", {}), "during the flood"),
+    ]  # fmt: skip
+
+
+def _turn_away(name: str, t: dict[str, Any] | None) -> list[tuple[str, str, str, str, str]]:
+    if t is None:
+        return []
+    cpu = t["cpu_ms_each"]
+    return [
+        (name, f"the flooder's {t['questions']} questions at once: {t['rate_limited']} "
+         f"turned away over its rate limit in {t['seconds']} s",
+         f"{t['per_s']} questions/s; CPU {cpu['total']} ms each (broker {cpu['broker']}, "
+         f"stages {cpu['stages']}, Triton {cpu['triton']})", "", ""),
     ]  # fmt: skip
 
 

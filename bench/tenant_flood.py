@@ -13,6 +13,10 @@ the whole path (the exact cache is per tenant). The flooder's events are counted
 ingest accepted stays within burst + rate x seconds (from the first publish to ingest's last
 decision) and what it was answered stays within its budget.
 Ratio: the others' p99 during the flood / without, over their answered (not refused) questions.
+Since the flooder waits for each wave's refusals, a faster ingest lets it flood faster: the
+ratio alone cannot show what a flood costs. So, last, the flooder's questions are sent twice
+over at once (a fixed amount of work) and the benchmark times their turning-away and reads the
+CPU each costs the stack (broker, stages, Triton; the idle stack's polling included).
 """
 
 from __future__ import annotations
@@ -26,7 +30,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.document_path import document_events, publish_documents
-from bench.measure import ROUND, Lineage, ask_one_at_a_time, pipeline_ms, spread
+from bench.measure import (
+    ROUND,
+    Lineage,
+    Processes,
+    ask_one_at_a_time,
+    cpu_ms_each,
+    cpu_seconds,
+    pipeline_ms,
+    spread,
+)
 from bench.query_path import stage_breakdown
 from contracts.registry import TOPICS
 from services.cli.ask_cmd import AskResult, ask_questions
@@ -161,6 +174,26 @@ def _flooder_counts(
     }
 
 
+def turn_away_cost(bootstrap: str, questions: list[str]) -> dict[str, Any]:
+    """The flooder's `questions` (over its rate limit and its budget by now) sent at once:
+    seconds until each is settled, and the stack's CPU for each refused over the rate limit."""
+    groups = Processes.of_stack()
+    before, started = cpu_seconds(groups), time.perf_counter()
+    results = asyncio.run(ask_questions(bootstrap, FLOODER, questions, 180, len(questions)))
+    seconds = time.perf_counter() - started
+    after = cpu_seconds(groups)
+    refusals = [r.answer.refusal for r in results if r.answer and r.answer.refusal]
+    limited = sum(1 for refusal in refusals if "rate_limited" in refusal.reasons)
+    spent = {name: after[name] - before[name] for name in groups}
+    return {
+        "questions": len(questions),
+        "rate_limited": limited,
+        "seconds": round(seconds, 2),
+        "per_s": round(len(questions) / seconds, 1),
+        "cpu_ms_each": cpu_ms_each(spent, limited),
+    }
+
+
 def another_tenant_each(questions: list[str]) -> list[str]:
     """`questions` a round later: asked by `ask_one_at_a_time` (OTHERS taking turns a round
     each), every question goes to another tenant than the one that asked it in `questions`
@@ -192,6 +225,7 @@ def flood_figures(
     during, flooder, documents, seconds = asyncio.run(
         _during(bootstrap, during_questions, flood_texts, flood_questions, busy_lineage)
     )
+    turn_away = turn_away_cost(bootstrap, 2 * flood_questions)
     quiet, busy = spread(pipeline_ms(baseline)), spread(pipeline_ms(during))
     ratio = busy["p99"] / quiet["p99"] if busy["p99"] and quiet["p99"] else None
     counts = _flooder_counts(flooder, documents, seconds)
@@ -213,6 +247,7 @@ def flood_figures(
             },
         },
         "flooder": counts,
+        "turn_away": turn_away,
         "p99_ratio": None if ratio is None else round(ratio, 2),
         "target": P99_RATIO_TARGET,
         "met": ratio is not None and ratio <= P99_RATIO_TARGET,
