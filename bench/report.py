@@ -169,14 +169,17 @@ def _flood(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     name = "tenant flood"
     others, flooder = b["others"], b["flooder"]
     limits = f"{b['limits']['rate_per_second']:g}/s, burst {b['limits']['burst']}"
+    rate = ""
+    if "events_per_s" in flooder:
+        rate = f" ({flooder['events_per_s']}/s, at most {flooder['events_per_s_cap']:g})"
     return [
         (name, f"others, no flood: p50 / p95 / p99 ({others['baseline']['questions']} asked, "
          f"{len(others['tenants'])} tenants taking turns)",
          _ms(others["baseline"]["end_to_end_ms"]), "", ""),
         (name, f"others, during the flood ({others['during']['questions']} asked)",
          _ms(others["during"]["end_to_end_ms"]), "", ""),
-        (name, f"flooder: {flooder['events']} events in {flooder['seconds']} s, limit "
-         f"{limits}", f"accepted {flooder['accepted_by_ingest']} (allowed "
+        (name, f"flooder: {flooder['events']} events in {flooder['seconds']} s{rate}, "
+         f"limit {limits}", f"accepted {flooder['accepted_by_ingest']} (allowed "
          f"{flooder['allowed_by_rate_limit']}), rate-limited {flooder['rate_limited']}, "
          f"questions {flooder['questions']}", "rate limit holds",
          _verdict(flooder["rate_limit_held"])),
