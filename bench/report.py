@@ -171,7 +171,7 @@ def _flood(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     limits = f"{b['limits']['rate_per_second']:g}/s, burst {b['limits']['burst']}"
     rate = ""
     if "events_per_s" in flooder:
-        rate = f" ({flooder['events_per_s']}/s, at most {flooder['events_per_s_cap']:g})"
+        rate = f" ({flooder['events_per_s']}/s; a wave at most each {flooder['wave_period_s']} s)"
     return [
         (name, f"others, no flood: p50 / p95 / p99 ({others['baseline']['questions']} asked, "
          f"{len(others['tenants'])} tenants taking turns)",
