@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -88,7 +88,7 @@ def _headers(record: RawRecord) -> dict[str, str]:
 
 
 async def _turn_away(
-    broker: KafkaBroker,
+    outbox: Outbox,
     record: RawRecord,
     event: Envelope,
     started: datetime,
@@ -96,13 +96,9 @@ async def _turn_away(
     reason: str,
     dead_letter: bool = True,
 ) -> None:
-    """The record to the DLQ (unless `dead_letter` is false), a question's refusal to its
-    asker, and the lineage: sent at once, awaited together (one broker round trip, not three:
-    a flood is mostly turned away, and other tenants' events wait behind it), all before the
-    record is committed."""
-    publishes: list[Awaitable[Any]] = []
-    if dead_letter:
-        publishes.append(publish_dead_letter(broker, dead_letter_for(record, STAGE, kind, reason)))
+    """A question's refusal to its asker and the lineage, sent to `outbox` (acked before the
+    record is committed: a flood is mostly turned away, and a run of its questions shares one
+    round trip); and the record to the DLQ (unless `dead_letter` is false), awaited."""
     outputs: list[Envelope] = []
     if isinstance(event, QueryV1):  # the asker gets a refusal now, not a timeout
         question = event.question
@@ -117,15 +113,16 @@ async def _turn_away(
             message=reason,
             asked_at=event.produced_at,
         )
-        publishes.append(publish_event(answers, TOPICS.answers, refusal, STAGE))
+        await outbox.event(answers, TOPICS.answers, refusal)
         outputs.append(refusal)
-    record = lineage_record(STAGE, event, kind, started, outputs, details={"reason": reason})
-    publishes.append(publish_lineage(broker, record))
-    await asyncio.gather(*publishes)
+    details: dict[str, JsonValue] = {"reason": reason}
+    await outbox.lineage(lineage_record(STAGE, event, kind, started, outputs, details))
+    if dead_letter:
+        await publish_dead_letter(outbox.broker, dead_letter_for(record, STAGE, kind, reason))
 
 
 async def _lying_headers(
-    broker: KafkaBroker,
+    outbox: Outbox,
     record: RawRecord,
     spec: TopicSpec,
     event: Envelope,
@@ -135,12 +132,12 @@ async def _lying_headers(
     if reason is None:
         return False
     reason = f"event {event.event_id} of tenant {event.tenant_id}: {reason}"
-    await _turn_away(broker, record, event, started, "rejected", reason)
+    await _turn_away(outbox, record, event, started, "rejected", reason)
     return True
 
 
 async def _over_rate(
-    broker: KafkaBroker,
+    outbox: Outbox,
     record: RawRecord,
     event: Envelope,
     ingest: IngestResources,
@@ -156,10 +153,10 @@ async def _over_rate(
         # the request a second answer, and a flood costs the broker two records an event, not
         # four (the letter has its own lineage record).
         reason = f"{limit}; ask again later"
-        await _turn_away(broker, record, event, started, "rate_limited", reason, dead_letter=False)
+        await _turn_away(outbox, record, event, started, "rate_limited", reason, dead_letter=False)
         return True
     reason = f"{limit}; replay it from the DLQ later or raise RAGSTREAM_TENANT_RATE_PER_SECOND"
-    await _turn_away(broker, record, event, started, "rate_limited", reason)
+    await _turn_away(outbox, record, event, started, "rate_limited", reason)
     return True
 
 
@@ -173,10 +170,11 @@ async def ingest_document(
     """Accept an upsert as a new version, drop an unchanged re-publish, propagate a delete."""
     started = utc_now()
     record = message.raw_message
-    if await _lying_headers(broker, record, TOPICS.documents, event, started):
-        return
-    if await _over_rate(broker, record, event, ingest, started):
-        return
+    async with Outbox(broker, STAGE) as outbox:
+        if await _lying_headers(outbox, record, TOPICS.documents, event, started):
+            return
+        if await _over_rate(outbox, record, event, ingest, started):
+            return
     common = {**derived_from(event, STAGE), "doc_id": event.doc_id}
     if isinstance(event, DocumentDeleteV1):
         decision = ingest.versions.decide_delete(event.tenant_id, event.doc_id)
@@ -192,7 +190,8 @@ async def ingest_document(
     # Parsing a large HTML document takes seconds: off the loop, the consumer keeps heartbeating.
     prepared = await asyncio.to_thread(prepare_document, event, ingest.settings)
     if isinstance(prepared, Rejection):
-        await _turn_away(broker, record, event, started, "rejected", prepared.reason)
+        async with Outbox(broker, STAGE) as outbox:
+            await _turn_away(outbox, record, event, started, "rejected", prepared.reason)
         return
     decision = ingest.versions.decide_upsert(
         event.tenant_id, event.doc_id, prepared.content_hash, reindex=event.reindex
@@ -240,33 +239,36 @@ async def ingest_queries(
     ingest: Ingest,
 ) -> None:
     """Hand the fetched questions to their partitions' workers (`QUESTIONS`), which commit
-    each after handling it: FastStream commits nothing here (a manual ack policy)."""
+    each run of a partition's questions after handling it: FastStream commits nothing here (a
+    manual ack policy)."""
 
-    async def handle(record: RawRecord) -> None:
-        batch = validate_records([record], TOPICS.queries)
-        await batch.handle_each(
-            broker,
-            STAGE,
-            lambda event: ingest_query(event, record, broker, ingest),
-            attempts=ingest.settings.handler_attempts,
-        )
+    async def handle(run: Sequence[RawRecord]) -> None:
+        batch = validate_records(run, TOPICS.queries)
+        async with Outbox(broker, STAGE) as outbox:  # the run's publishes: one round trip
+            await batch.handle_each(
+                broker,
+                STAGE,
+                lambda event: ingest_query(event, batch.records[event.event_id], outbox, ingest),
+                attempts=ingest.settings.handler_attempts,
+            )
         await batch.dead_letter_invalid(broker, STAGE)
 
     await QUESTIONS.dispatch(records_of(message), message.consumer, handle)
 
 
 async def ingest_query(
-    event: QueryV1, record: RawRecord, broker: KafkaBroker, ingest: IngestResources
+    event: QueryV1, record: RawRecord, outbox: Outbox, ingest: IngestResources
 ) -> None:
-    """Accept a question in normalised form, or turn it away with a reason."""
+    """Accept a question in normalised form, or turn it away with a reason; what it gives
+    goes to `outbox`, acked before the question's offset is committed."""
     started = utc_now()
-    if await _lying_headers(broker, record, TOPICS.queries, event, started):
+    if await _lying_headers(outbox, record, TOPICS.queries, event, started):
         return
-    if await _over_rate(broker, record, event, ingest, started):
+    if await _over_rate(outbox, record, event, ingest, started):
         return
     prepared = prepare_question(event, ingest.settings)
     if isinstance(prepared, Rejection):
-        await _turn_away(broker, record, event, started, "rejected", prepared.reason)
+        await _turn_away(outbox, record, event, started, "rejected", prepared.reason)
         return
     accepted = AcceptedQueryV1(
         **derived_from(event, STAGE),
@@ -276,9 +278,8 @@ async def ingest_query(
         options=event.options,
         asked_at=event.produced_at,
     )
-    async with Outbox(broker, STAGE) as outbox:
-        await outbox.event(accepted_queries, TOPICS.queries_accepted, accepted)
-        await outbox.lineage(lineage_record(STAGE, event, "ok", started, [accepted]))
+    await outbox.event(accepted_queries, TOPICS.queries_accepted, accepted)
+    await outbox.lineage(lineage_record(STAGE, event, "ok", started, [accepted]))
 
 
 def create_app(settings: IngestSettings | None = None) -> FastStream:

@@ -1,18 +1,22 @@
 """One consumer whose partitions are handled side by side: each partition's records in order,
-by a worker of its own, each record committed once it was handled.
+by a worker of its own, in runs of what was queued, each run committed once it was handled.
 
 FastStream's `max_workers` gives every partition a consumer of its own, and each consumer
 asks the broker for records 40 times a second on the question path: ingest's eight question
 consumers were more than half of an idle pipeline's polling (bench/README.md). Here one
 consumer polls; its batch handler only queues each record for its partition's worker and
 returns, so a partition with a long queue (one tenant's flood) holds up no other partition.
-A partition whose queue is full stops being fetched until its worker has drained half of it:
-memory stays bounded, and the broker keeps what is not fetched yet.
+A worker takes every record its partition has queued (up to the queue limit) as one run: a
+quiet partition's record is handled alone and at once, a flooded partition's records share
+their publishes' round trip and one commit, not one of each a record. A partition whose
+queue is full stops being fetched until its worker has drained half of it: memory stays
+bounded, and the broker keeps what is not fetched yet.
 
-At least once, as a single-record subscriber: a record's offset is committed only after its
-handling (and its publishes) finished; broker trouble is retried, never committed past. A
-revoked partition's worker finishes and commits the record it is handling; what it had
-queued is dropped, for the partition's next owner to consume from the committed offset.
+At least once: a run's offset is committed only after its handling (and its publishes)
+finished; broker trouble is retried (the whole run, whose derived ids make the repeat count
+once), never committed past. A revoked partition's worker finishes and commits the run it
+is handling; what it had queued is dropped, for the partition's next owner to consume from
+the committed offset.
 
 >>> QUESTIONS = PartitionWorkers("ingest")
 >>> async def ingest_queries(values: list[bytes], message: KafkaMessage, ...) -> None:
@@ -37,10 +41,11 @@ from services.runtime.metrics import OwnedPartitions
 logger = logging.getLogger("ragstream.consumers")
 
 Record: TypeAlias = ConsumerRecord[Any, Any]
-Handle: TypeAlias = Callable[[Record], Awaitable[None]]
-#: Records queued for one partition before its fetching pauses.
+#: Handles a run of one partition's records, in order.
+Handle: TypeAlias = Callable[[Sequence[Record]], Awaitable[None]]
+#: Records queued for one partition before its fetching pauses; a run is at most this many.
 QUEUE_LIMIT = 64
-#: How long a revoked partition's worker may take to finish the record it is handling.
+#: How long a revoked partition's worker may take to finish the run it is handling.
 FINISH_WAIT_S = 10.0
 
 
@@ -50,7 +55,8 @@ class _Worker:
     consumer: AIOKafkaConsumer
     handle: Handle
     queue: asyncio.Queue[Record] = field(default_factory=asyncio.Queue)
-    handling: bool = False
+    #: Records of the run being handled (0: waiting for one).
+    handling: int = 0
     stopping: bool = False
     task: asyncio.Task[None] | None = None
 
@@ -71,17 +77,18 @@ class PartitionWorkers:
 
     @property
     def queued(self) -> dict[TopicPartition, int]:
-        """Records waiting for each partition's worker, the one it is handling included."""
+        """Records waiting for each partition's worker, the run it is handling included."""
         return {tp: w.queue.qsize() + w.handling for tp, w in self._workers.items()}
 
     async def dispatch(self, records: Sequence[Record], consumer: Any, handle: Handle) -> None:
-        """Queue `records` for their partitions' workers (`handle` handles one record).
+        """Queue `records` for their partitions' workers (`handle` handles a run of one
+        partition's records).
 
-        Without a real consumer (FastStream's in-memory test broker), each is handled at once,
-        in order, as a single-record subscriber would."""
+        Without a real consumer (FastStream's in-memory test broker), they are handled at once,
+        as one run."""
         if not isinstance(consumer, AIOKafkaConsumer):
-            for record in records:
-                await self._handle_until_done(handle, record)
+            if records:
+                await self._handle_until_done(handle, records)
             return
         if self._closed:  # stopping: not committed, so consumed again after the restart
             return
@@ -101,31 +108,34 @@ class PartitionWorkers:
     async def _work(self, worker: _Worker) -> None:
         tp, consumer = worker.partition, worker.consumer
         while not worker.stopping:
-            record = await worker.queue.get()
-            worker.handling = True
-            await self._handle_until_done(worker.handle, record)
-            await self._commit(consumer, tp, record.offset + 1)
-            worker.handling = False
+            run = [await worker.queue.get()]
+            while len(run) < self.queue_limit and not worker.queue.empty():
+                run.append(worker.queue.get_nowait())
+            worker.handling = len(run)
+            await self._handle_until_done(worker.handle, run)
+            await self._commit(consumer, tp, run[-1].offset + 1)
+            worker.handling = 0
             if worker.queue.qsize() <= self.queue_limit // 2 and tp in consumer.paused():
                 consumer.resume(tp)
 
-    async def _handle_until_done(self, handle: Handle, record: Record) -> None:
-        """`handle` `record`; what escapes the handler (broker trouble: the handler
-        dead-letters the event's own faults) is tried again, never committed past."""
+    async def _handle_until_done(self, handle: Handle, run: Sequence[Record]) -> None:
+        """`handle` `run`; what escapes the handler (broker trouble: the handler
+        dead-letters the events' own faults) is tried again, never committed past."""
         async for attempt in AsyncRetrying(
             wait=handler_retry_wait(self.retry_wait_s),
             retry=retry_if_exception_type(Exception),
-            before_sleep=self._log_retry(record),
+            before_sleep=self._log_retry(run),
         ):
             with attempt:
-                await handle(record)
+                await handle(run)
 
-    def _log_retry(self, record: Record) -> Callable[[RetryCallState], None]:
+    def _log_retry(self, run: Sequence[Record]) -> Callable[[RetryCallState], None]:
         def log(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
+            first, last = run[0], run[-1]
             logger.warning(
-                "stage %s: %s[%d]@%d not handled (%s: %s); trying again (try %d)",
-                self.stage, record.topic, record.partition, record.offset,
+                "stage %s: %s[%d]@%d-%d not handled (%s: %s); trying again (try %d)",
+                self.stage, first.topic, first.partition, first.offset, last.offset,
                 type(error).__name__, error, state.attempt_number + 1,
             )  # fmt: skip
 
@@ -133,8 +143,8 @@ class PartitionWorkers:
 
     async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
         """Commit `offset`; a failure is logged, not raised: the partition's next commit
-        covers this record too, and if none comes (revoked meanwhile) its next owner consumes
-        the record again."""
+        covers this run too, and if none comes (revoked meanwhile) its next owner consumes
+        the run again."""
         try:
             await consumer.commit({tp: offset})
         except Exception as error:
@@ -144,7 +154,7 @@ class PartitionWorkers:
             )  # fmt: skip
 
     async def stop(self, partitions: Iterable[TopicPartition]) -> None:
-        """Stop the workers of `partitions`: each finishes (and commits) the record it is
+        """Stop the workers of `partitions`: each finishes (and commits) the run it is
         handling, within FINISH_WAIT_S; what they had queued is dropped, not committed."""
         workers = [w for tp in partitions if (w := self._workers.pop(tp, None)) is not None]
         for worker in workers:
@@ -156,14 +166,14 @@ class PartitionWorkers:
             return
         _, late = await asyncio.wait(tasks, timeout=FINISH_WAIT_S)
         for task in late:
-            logger.warning("stage %s: %s did not finish its record; cancelled", self.stage, task)
+            logger.warning("stage %s: %s did not finish its run; cancelled", self.stage, task)
             task.cancel()
         for task in tasks:
             with suppress(asyncio.CancelledError):
                 await task
 
     async def close(self) -> None:
-        """Before the consumer stops: take no more records, let every worker finish its own."""
+        """Before the consumer stops: take no more records, let every worker finish its run."""
         self._closed = True
         await self.stop(list(self._workers))
 

@@ -1,5 +1,6 @@
 """One consumer, a worker per partition, on the real broker: a busy partition holds up no
-other, each record is committed once handled, and a stopped worker loses nothing."""
+other, what a partition had queued is handled as one run and committed once handled, and a
+stopped worker loses nothing."""
 
 from __future__ import annotations
 
@@ -94,17 +95,20 @@ async def test_a_busy_partition_holds_up_no_other_and_stopping_loses_nothing(
     handled: Counter[bytes] = Counter()
     release = asyncio.Event()
     blocked = asyncio.Event()
+    held: list[int] = []  # the held run's length
 
-    async def slow_first_partition(record: Any) -> None:
-        if record.partition == 0 and not release.is_set():
-            blocked.set()
-            await release.wait()
-        handled[record.value] += 1
+    async def slow_first_partition(run: Any) -> None:
+        for record in run:
+            if record.partition == 0 and not release.is_set():
+                held.append(len(run))
+                blocked.set()
+                await release.wait()
+            handled[record.value] += 1
 
     workers = PartitionWorkers("test", queue_limit=4)
     await _publish(producer, topic, {0: 12, 1: 10, 2: 10, 3: 10})
     async with _consuming(kafka, topic, workers, slow_first_partition) as consumer:
-        # Partition 0's first record is held: every other partition is handled and committed.
+        # Partition 0's first run is held: every other partition is handled and committed.
         async def others_committed() -> bool | None:
             committed = await _committed(consumer, topic)
             return committed[1] == committed[2] == committed[3] == 10 or None
@@ -116,18 +120,19 @@ async def test_a_busy_partition_holds_up_no_other_and_stopping_loses_nothing(
         assert TopicPartition(topic, 0) in consumer.paused()  # its queue reached the limit
         assert workers.queued[TopicPartition(topic, 0)] <= 12
 
-        # Stopped while handling its first record: it finishes and commits that one only.
+        # Stopped while handling its first run: it finishes and commits that run only (at most
+        # the queue limit: what was queued when the worker took it).
         stopping = asyncio.create_task(workers.stop([TopicPartition(topic, 0)]))
         await asyncio.sleep(0.2)
-        assert not stopping.done()  # waits for the record being handled
+        assert not stopping.done()  # waits for the run being handled
         release.set()
         await stopping
-        assert (await _committed(consumer, topic))[0] == 1
-    assert handled[b"0:0"] == 1 and sum(handled.values()) == 31
+        assert 1 <= held[0] <= 4 and (await _committed(consumer, topic))[0] == held[0]
+    assert handled[b"0:0"] == 1 and sum(handled.values()) == 30 + held[0]
 
     # The next consumer of the group takes the dropped records from the committed offset.
     async with _consuming(kafka, topic, PartitionWorkers("test"), slow_first_partition):
-        await eventually(_handled(handled, 42), 60, "partition 0's other 11 records")
+        await eventually(_handled(handled, 42), 60, "partition 0's other records")
     assert set(handled.values()) == {1}  # each record handled once: none lost, none twice
 
 
@@ -137,10 +142,11 @@ async def test_a_failing_handler_is_retried_and_not_committed_past(
     topic = _topic(kafka)
     tries: Counter[bytes] = Counter()
 
-    async def fails_twice(record: Any) -> None:
-        tries[record.value] += 1
-        if record.value == b"1:0" and tries[record.value] < 3:
-            raise ConnectionError("the broker refused a publish")
+    async def fails_twice(run: Any) -> None:
+        for record in run:
+            tries[record.value] += 1
+            if record.value == b"1:0" and tries[record.value] < 3:
+                raise ConnectionError("the broker refused a publish")
 
     await _publish(producer, topic, {1: 2})
     workers = PartitionWorkers("test", retry_wait_s=0.01)
@@ -161,10 +167,11 @@ async def test_a_second_consumer_takes_partitions_over_mid_stream_each_record_on
     by: dict[str, int] = Counter()
 
     def handler(name: str) -> Any:
-        async def handle(record: Any) -> None:
-            await asyncio.sleep(0.05)  # in flight when the rebalance comes
-            handled[record.value] += 1
-            by[name] += 1
+        async def handle(run: Any) -> None:
+            for record in run:
+                await asyncio.sleep(0.05)  # in flight when the rebalance comes
+                handled[record.value] += 1
+                by[name] += 1
 
         return handle
 
@@ -177,3 +184,26 @@ async def test_a_second_consumer_takes_partitions_over_mid_stream_each_record_on
             await eventually(_handled(handled, 800), 120, "all 800 handled")
     assert by["first"] and by["second"]  # both had partitions
     assert set(handled.values()) == {1}  # revoked workers committed what they handled
+
+
+async def test_what_a_partition_had_queued_is_one_run_and_one_commit(
+    kafka: EmbeddedBroker, producer: AIOKafkaProducer
+) -> None:
+    """A flooded partition's records are handled in runs (their publishes share a round trip
+    and the run one commit), each run at most the queue limit, in order, each record once."""
+    topic = _topic(kafka)
+    runs: list[list[bytes]] = []
+
+    async def handle(run: Any) -> None:
+        runs.append([record.value for record in run])
+
+    await _publish(producer, topic, {2: 100})
+    async with _consuming(kafka, topic, PartitionWorkers("test", queue_limit=16), handle) as c:
+
+        async def all_committed() -> bool | None:
+            return (await _committed(c, topic))[2] == 100 or None
+
+        await eventually(all_committed, 60, "the partition's 100 records committed")
+    assert [value for run in runs for value in run] == [f"2:{n}".encode() for n in range(100)]
+    assert max(map(len, runs)) <= 16 and len(runs) < 50  # runs, not a record at a time
+    print(f"100 records of one partition in {len(runs)} runs: {[len(r) for r in runs]}")
