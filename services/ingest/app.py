@@ -143,7 +143,7 @@ async def _over_rate(
     ingest: IngestResources,
     started: datetime,
 ) -> bool:
-    if await ingest.limits.try_acquire(event.tenant_id):
+    if await ingest.limits.try_acquire(event.tenant_id, event.event_id):
         return False
     rate_limited(STAGE, record.topic)
     rate, burst = ingest.limits.rate_per_second, ingest.limits.burst

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from aiolimiter import AsyncLimiter
@@ -16,6 +16,11 @@ logger = logging.getLogger("ragstream.ingest")
 #: Tenants tracked before those whose bucket is full again are forgotten (forgetting one
 #: changes no decision): events under made-up tenant ids cannot grow memory without bound.
 MAX_TRACKED_TENANTS = 10_000
+#: Decisions remembered by (tenant, event id), the newest kept: an event handled again in this
+#: process (a run of questions retried after broker trouble, an upstream's duplicate send) gets
+#: the decision it got first, so an accepted event is not refused (a second answer) the next
+#: time, nor does it take a second token.
+REMEMBERED_DECISIONS = 4096
 #: Events turned away over a rate limit are logged at most once in this many seconds.
 SUMMARY_INTERVAL_S = 10.0
 #: Tenants a summary names (the most refused); the rest are counted.
@@ -70,18 +75,26 @@ class TenantRateLimits:
     """A token bucket per tenant: `burst` events at once, refilled at `rate_per_second`.
 
     >>> limits = TenantRateLimits(rate_per_second=1, burst=2)
-    >>> [await limits.try_acquire("acme") for _ in range(3)]  # doctest: +SKIP
+    >>> [await limits.try_acquire("acme", f"e-{n}") for n in range(3)]  # doctest: +SKIP
     [True, True, False]
+    >>> await limits.try_acquire("acme", "e-0")  # doctest: +SKIP
+    True
     """
 
     def __init__(
-        self, rate_per_second: float, burst: int, max_tracked: int = MAX_TRACKED_TENANTS
+        self,
+        rate_per_second: float,
+        burst: int,
+        max_tracked: int = MAX_TRACKED_TENANTS,
+        remembered: int = REMEMBERED_DECISIONS,
     ) -> None:
         self.rate_per_second = rate_per_second
         self.burst = burst
         self.max_tracked = max_tracked
+        self.remembered = remembered
         self._limiters: dict[str, AsyncLimiter] = {}
         self._forget_at = max_tracked
+        self._decided: OrderedDict[tuple[str, str], bool] = OrderedDict()
         self.refusals = RefusalSummary(rate_per_second, burst)
 
     @property
@@ -97,7 +110,18 @@ class TenantRateLimits:
         # All still busy: look again only when twice as many (amortised O(1) per event).
         self._forget_at = max(self.max_tracked, 2 * len(self._limiters))
 
-    async def try_acquire(self, tenant_id: str) -> bool:
+    async def try_acquire(self, tenant_id: str, event_id: str) -> bool:
+        """Whether `tenant_id`'s event `event_id` is within the limit: the decision it got
+        before, if it was decided lately, else a token taken from its tenant's bucket."""
+        key = (tenant_id, event_id)
+        decided = self._decided.get(key)
+        if decided is None:
+            decided = self._decided[key] = await self._take(tenant_id)
+            if len(self._decided) > self.remembered:
+                self._decided.popitem(last=False)
+        return decided
+
+    async def _take(self, tenant_id: str) -> bool:
         limiter = self._limiters.get(tenant_id)
         if limiter is None:
             if len(self._limiters) >= self._forget_at:

@@ -87,22 +87,22 @@ def test_control_characters_are_stripped_and_only_controls_is_empty() -> None:
 
 async def test_a_flood_from_one_tenant_does_not_touch_another() -> None:
     limits = TenantRateLimits(rate_per_second=0.001, burst=50)
-    flood = [await limits.try_acquire("flood") for _ in range(1_000)]
+    flood = [await limits.try_acquire("flood", f"f-{n}") for n in range(1_000)]
     assert flood.count(True) == 50 and flood[:50] == [True] * 50
-    assert all([await limits.try_acquire("calm") for _ in range(50)])
+    assert all([await limits.try_acquire("calm", f"c-{n}") for n in range(50)])
 
 
 async def test_made_up_tenants_cannot_grow_the_limits_without_bound() -> None:
     idle_again_at_once = TenantRateLimits(rate_per_second=1e9, burst=1, max_tracked=100)
     for n in range(1_000):
-        assert await idle_again_at_once.try_acquire(f"forged-{n}")
+        assert await idle_again_at_once.try_acquire(f"forged-{n}", "e")
     assert idle_again_at_once.tracked <= 100
 
     busy = TenantRateLimits(rate_per_second=0.001, burst=1, max_tracked=100)
-    assert await busy.try_acquire("flood")
+    assert await busy.try_acquire("flood", "e-1")
     for n in range(1_000):
-        await busy.try_acquire(f"forged-{n}")
-    assert not await busy.try_acquire("flood")  # a busy tenant is never forgotten
+        await busy.try_acquire(f"forged-{n}", "e")
+    assert not await busy.try_acquire("flood", "e-2")  # a busy tenant is never forgotten
 
 
 def test_html_comments_and_hidden_elements_are_not_indexed() -> None:

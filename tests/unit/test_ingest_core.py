@@ -161,8 +161,20 @@ def test_ingest_reindex_flag_reaches_every_published_upsert(
 
 async def test_rate_limits_are_per_tenant() -> None:
     limits = TenantRateLimits(rate_per_second=0.001, burst=3)
-    assert [await limits.try_acquire("flood") for _ in range(5)] == [True, True, True, False, False]
-    assert await limits.try_acquire("quiet")
+    decisions = [await limits.try_acquire("flood", f"e-{n}") for n in range(5)]
+    assert decisions == [True, True, True, False, False]
+    assert await limits.try_acquire("quiet", "e-0")
+
+
+async def test_an_event_handled_again_gets_the_decision_it_got_first() -> None:
+    """A run retried after broker trouble, or an upstream's duplicate send: an accepted event
+    is not refused the next time (its request would get two answers), a refused one not
+    accepted; no second token is taken. Per tenant, and only the newest decisions are kept."""
+    limits = TenantRateLimits(rate_per_second=0.001, burst=2, remembered=3)
+    assert [await limits.try_acquire("t", e) for e in ("a", "b", "c")] == [True, True, False]
+    assert [await limits.try_acquire("t", e) for e in ("a", "b", "c")] == [True, True, False]
+    assert await limits.try_acquire("other", "c")  # another tenant's event of the same id
+    assert not await limits.try_acquire("t", "a")  # forgotten (3 kept): decided anew, no token
 
 
 def test_rate_limited_events_are_logged_as_a_summary_an_interval(
