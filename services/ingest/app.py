@@ -146,17 +146,21 @@ async def _over_rate(
     if await ingest.limits.try_acquire(event.tenant_id, event.event_id):
         return False
     rate_limited(STAGE, record.topic)
+    ingest.limits.refusals.add(event.tenant_id)
     rate, burst = ingest.limits.rate_per_second, ingest.limits.burst
-    limit = f"tenant {event.tenant_id} is over its rate limit of {rate:g} events/s (burst {burst})"
-    if isinstance(event, QueryV1):
-        # Its refusal is its answer (ask again later): no dead letter, whose replay would give
-        # the request a second answer, and a flood costs the broker two records an event, not
-        # four (the letter has its own lineage record).
-        reason = f"{limit}; ask again later"
-        await _turn_away(outbox, record, event, started, "rate_limited", reason, dead_letter=False)
-        return True
-    reason = f"{limit}; replay it from the DLQ later or raise RAGSTREAM_TENANT_RATE_PER_SECOND"
-    await _turn_away(outbox, record, event, started, "rate_limited", reason)
+    reason = f"tenant {event.tenant_id} is over its rate limit of {rate:g} events/s (burst {burst})"
+    # A question's refusal is its answer (ask again later): no dead letter, whose replay would
+    # give the request a second answer, and a flood costs the broker two records an event, not
+    # four (the letter has its own lineage record).
+    question = isinstance(event, QueryV1)
+    reason += (
+        "; ask again later"
+        if question
+        else "; replay it from the DLQ later or raise RAGSTREAM_TENANT_RATE_PER_SECOND"
+    )
+    await _turn_away(
+        outbox, record, event, started, "rate_limited", reason, dead_letter=not question
+    )
     return True
 
 

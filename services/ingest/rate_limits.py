@@ -95,6 +95,7 @@ class TenantRateLimits:
         self._limiters: dict[str, AsyncLimiter] = {}
         self._forget_at = max_tracked
         self._decided: OrderedDict[tuple[str, str], bool] = OrderedDict()
+        #: What its callers turned away, for the log (they count each turn-away there).
         self.refusals = RefusalSummary(rate_per_second, burst)
 
     @property
@@ -129,7 +130,6 @@ class TenantRateLimits:
             limiter = AsyncLimiter(self.burst, self.burst / self.rate_per_second)
             self._limiters[tenant_id] = limiter
         if not limiter.has_capacity():
-            self.refusals.add(tenant_id)
             return False
         await limiter.acquire()  # has capacity: returns at once
         return True
