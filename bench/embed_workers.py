@@ -28,15 +28,15 @@ from aiokafka import AIOKafkaProducer
 
 from bench.document_path import fresh_broker
 from bench.embed import make_chunks
+from bench.upstream import BENCH
 from contracts.registry import TOPICS
-from contracts.v1 import ChunkV1, ProducedBy
+from contracts.v1 import ChunkV1
 from inference.server import TritonServer
 from services.cli.supervisor import child_env
 from services.runtime.broker import consumer_group
 from services.runtime.publishing import event_bytes
 from services.runtime.topic_reader import TopicTail
 
-BENCH = ProducedBy(service="bench", version="1")
 GROUP = consumer_group("embed", TOPICS.chunks)
 LIMITS = (
     "On this 2-core machine Triton's CPU execution of the embedder shares the two cores with "

@@ -40,13 +40,7 @@ from sentence_transformers import SentenceTransformer
 
 from bench.backfill import backfill_figures
 from bench.corpus import make_corpus, make_questions
-from bench.document_path import (
-    document_events,
-    fresh_broker,
-    pipeline_running,
-    publish_documents,
-    time_path,
-)
+from bench.document_path import fresh_broker, pipeline_running, time_path
 from bench.embed import in_process_rate
 from bench.gpu import gpu_status
 from bench.load import load_figures
@@ -64,6 +58,7 @@ from bench.tenant_flood import (
     flood_figures,
 )
 from bench.traffic import make_traffic
+from bench.upstream import document_events, publish_documents
 from services.chunk.chunker import Chunker, load_tokenizer
 from services.cli.evaluation import percentile
 
