@@ -172,6 +172,8 @@ def _flood(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     rate = ""
     if "events_per_s" in flooder:
         rate = f" ({flooder['events_per_s']}/s; a wave at most each {flooder['wave_period_s']} s)"
+    if "client_cpu_s" in flooder:  # its own process since 2026-12-07
+        rate += f"; its client's CPU {flooder['client_cpu_s']} s"
     return [
         (name, f"others, no flood: p50 / p95 / p99 ({others['baseline']['questions']} asked, "
          f"{len(others['tenants'])} tenants taking turns)",

@@ -54,7 +54,7 @@ from bench.tenant_flood import (
     FLOOD_ENV,
     OTHERS,
     RATE_PER_SECOND,
-    another_tenant_each,
+    both_phases,
     flood_figures,
 )
 from bench.traffic import make_traffic
@@ -70,12 +70,12 @@ BENCHMARKS = (
 FULL = {"documents": 2000, "questions": 500, "load_questions": 500,
         "backfill_documents": 2000, "backfill_questions": 100, "backfill_pool": 1500,
         "traffic_questions": 2000, "scaling_documents": 1000,
-        "flood_documents": 500, "flood_questions": 2000, "flood_baseline_questions": 80,
+        "flood_documents": 500, "flood_questions": 2000, "flood_other_questions": 80,
         "other_tenant_documents": 18}  # fmt: skip
 QUICK = {"documents": 200, "questions": 40, "load_questions": 64,
          "backfill_documents": 200, "backfill_questions": 30, "backfill_pool": 200,
          "traffic_questions": 200, "scaling_documents": 200,
-         "flood_documents": 50, "flood_questions": 200, "flood_baseline_questions": 20,
+         "flood_documents": 50, "flood_questions": 200, "flood_other_questions": 20,
          "other_tenant_documents": 18}  # fmt: skip
 ROOT = Path(__file__).resolve().parents[1]
 PEER_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
@@ -274,12 +274,12 @@ def tenant_flood(
         for i, tenant in enumerate(OTHERS):
             _indexed(bootstrap, tenant, texts, ids, warm_up=i == 0)
         time.sleep(BURST / RATE_PER_SECOND)  # their rate limit's buckets full again
-        baseline = pool[: sizes["flood_baseline_questions"]]
+        baseline, during = both_phases(pool[: sizes["flood_other_questions"]])
         return flood_figures(
             bootstrap,
             triton_url,
             baseline,
-            another_tenant_each(baseline),
+            during,
             tiny,
             asked,
             _command(args, "tenant_flood"),

@@ -11,12 +11,12 @@ with no period, a flooder that waits for its refusals floods harder the faster t
 (bench/README.md, 2026-12-07: 87 against 202 events/s when ingest turned questions away 2.7x
 faster), and the ratio measures the attack as much as the pipeline. Within a wave the events
 still come at once: a burst, as fast as ingest takes them. Until 2026-12-07 06:00 UTC the
-flooder ran in the measuring process and held its event loop (`bench/flooder.py` says how).
+flooder ran in the measuring process (`bench/flooder.py` says why no longer).
 The others start once their rate limit's bucket has refilled after their corpus was indexed,
 and four of them stay well under it (each asks a quarter of the questions), so none of theirs
-is refused: a refusal's answer is fast and would flatter either phase. The second phase asks
-the same questions, each of another tenant than in the first (`another_tenant_each`), so every
-one takes the whole path (the exact cache is per tenant). The flooder counts its events by
+is refused: a refusal's answer is fast and would flatter either phase. Both phases ask the
+same questions, each by other tenants than in the other phase (`both_phases`), so every one
+takes the whole path (the exact cache is per tenant). The flooder counts its events by
 outcome and says whether its limits held (`flooder_counts`).
 Ratio: the others' p99 during the flood / without, over their answered (not refused) questions.
 The ratio alone cannot show what a flood costs (a faster ingest settles a wave sooner, so its
@@ -92,17 +92,27 @@ def turn_away_cost(bootstrap: str, questions: list[str]) -> dict[str, Any]:
     }
 
 
-def another_tenant_each(questions: list[str]) -> list[str]:
-    """`questions` a round later: asked by `ask_one_at_a_time` (OTHERS taking turns a round
-    each), every question goes to another tenant than the one that asked it in `questions`
-    (the next one; the first round's to the last round's tenant, hence the count's check)."""
+def both_phases(questions: list[str]) -> tuple[list[str], list[str]]:
+    """What the others ask without the flood and during it: `questions` once by each of
+    OTHERS (who take turns a round each in `ask_one_at_a_time`), by half of them in the
+    first phase and by the other half in the second. The exact cache is per tenant, so each
+    question takes the whole path in both phases, and a phase asks twice as many as
+    `questions` (its p99 is then not just its slowest question)."""
     rounds, rest = divmod(len(questions), ROUND)
-    if rest or rounds < 2 or rounds % len(OTHERS) == 1:
+    tenants = len(OTHERS)
+    if rest or not rounds or rounds % tenants:
         raise ValueError(
-            f"{len(questions)} questions: a whole number of rounds of {ROUND}, at least 2, "
-            f"and not 1 more than a multiple of {len(OTHERS)}"
+            f"{len(questions)} questions: a whole number of rounds of {ROUND}, and a multiple "
+            f"of {tenants} rounds (each tenant asks each question once)"
         )
-    return questions[ROUND:] + questions[:ROUND]
+
+    def by_tenants_shifted(shift: int) -> list[str]:  # each round to the tenant `shift` on
+        return questions[shift * ROUND :] + questions[: shift * ROUND]
+
+    return (
+        [q for shift in range(0, tenants, 2) for q in by_tenants_shifted(shift)],
+        [q for shift in range(1, tenants, 2) for q in by_tenants_shifted(shift)],
+    )
 
 
 def flood_figures(
