@@ -43,6 +43,7 @@ from services.runtime.partition_workers import PartitionWorkers, WorkersListener
 from services.runtime.publishing import derived_from, publish_event
 from services.runtime.settings import IngestSettings
 from services.runtime.stage import stage_app
+from services.runtime.tracing import untraced
 
 STAGE = "ingest"
 router = KafkaRouter()
@@ -158,9 +159,10 @@ async def _over_rate(
         if question
         else "; replay it from the DLQ later or raise RAGSTREAM_TENANT_RATE_PER_SECOND"
     )
-    await _turn_away(
-        outbox, record, event, started, "rate_limited", reason, dead_letter=not question
-    )
+    with untraced():  # a flood's refusals: counted, summarised, in the lineage; not traced
+        await _turn_away(
+            outbox, record, event, started, "rate_limited", reason, dead_letter=not question
+        )
     return True
 
 

@@ -38,7 +38,7 @@ from services.runtime.trace_export import (
     install_log_redaction,
     redact_text,
 )
-from services.runtime.tracing import inject_trace_context, span_exporter
+from services.runtime.tracing import inject_trace_context, span_exporter, untraced
 
 EMAIL = "jane.doe@corp.example"
 PHONE = "+44 20 7946 0958"
@@ -261,6 +261,41 @@ async def test_a_dead_letter_continues_the_trace_of_the_event_that_failed(
         "upstream",
     ]
     assert failed.status.status_code == trace.StatusCode.ERROR
+
+
+async def test_work_done_untraced_records_no_span_and_hands_on_an_unsampled_context(
+    spans: InMemorySpanExporter,
+) -> None:
+    """A flood's refusals (ingest's `_over_rate`): the handler's own span is kept, what it
+    publishes untraced and what consumes that record are not recorded, and the record still
+    carries the trace's id."""
+    broker: KafkaBroker = make_broker(RuntimeSettings(bootstrap_servers="localhost:1"), "test")
+    to_refused = broker.publisher("test.refused")
+    seen: list[str] = []
+
+    @broker.subscriber("test.flood")
+    async def ingest(body: dict[str, Any]) -> None:
+        with untraced():
+            await to_refused.publish(b"{}")
+        await broker.publish(b"{}", "test.accepted")
+
+    @broker.subscriber("test.refused")
+    async def refused(body: dict[str, Any], message: KafkaMessage) -> None:
+        seen.append(message.headers["traceparent"])
+
+    @broker.subscriber("test.accepted")
+    async def accepted(body: dict[str, Any]) -> None: ...
+
+    async with TestKafkaBroker(broker) as test_broker:
+        with trace.get_tracer("test").start_as_current_span("flooder") as flooder:
+            await test_broker.publish(b"{}", "test.flood")
+
+    names = {s.name for s in spans.get_finished_spans()}
+    assert {"flooder", "test.flood process", "test.accepted process"} <= names
+    assert not {n for n in names if n.startswith("test.refused")}
+    [traceparent] = seen
+    trace_id = format(flooder.get_span_context().trace_id, "032x")
+    assert traceparent.split("-")[1] == trace_id and traceparent.endswith("-00")
 
 
 class _FakeResult:
