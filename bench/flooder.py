@@ -95,11 +95,12 @@ async def flood(
     started: Callable[[], None] = lambda: None,
 ) -> tuple[list[AskResult], Counter[str], float]:
     """Waves of every document and question at once, the next once the last one's questions
-    are settled and its share of FLOOD_EVENTS_PER_S has passed, until `stop` is set (`started`
-    is called as the first wave is about to go out): each question's outcome, each document's ingest
-    decision, and the seconds from the first publish until the last question was settled or
-    the last document decided, whichever came later (ingest may still be deciding a wave's
-    documents when its questions are settled: tokens its bucket refilled meanwhile count)."""
+    are settled and its share of FLOOD_EVENTS_PER_S has passed, until `stop` is set
+    (`started` is called as the first wave is about to go out): each question's outcome, each
+    document's ingest decision, and the seconds from the first publish until the last question
+    was settled or the last document decided, whichever came later (ingest may still be
+    deciding a wave's documents when its questions are settled: tokens its bucket refilled
+    meanwhile count)."""
     ids: set[str] = set()
     decisions = Decisions()
     results: list[AskResult] = []
@@ -210,13 +211,17 @@ def _say(**message: Any) -> None:
 
 async def _main() -> None:
     spec = json.loads(sys.stdin.readline())
-    stop, loop = asyncio.Event(), asyncio.get_running_loop()
-    loop.add_reader(sys.stdin.fileno(), stop.set)  # readable: the parent closed it
+    stop, loop, stdin = asyncio.Event(), asyncio.get_running_loop(), sys.stdin.fileno()
+
+    def parent_closed_stdin() -> None:  # once: a closed pipe stays readable, so remove it
+        loop.remove_reader(stdin)
+        stop.set()
+
+    loop.add_reader(stdin, parent_closed_stdin)
     texts, questions = spec["texts"], spec["questions"]
     results, documents, seconds = await flood(
         spec["bootstrap"], texts, questions, stop, lambda: _say(started=True)
     )
-    loop.remove_reader(sys.stdin.fileno())
     counts = flooder_counts(results, documents, seconds, len(texts) + len(questions))
     counts["client_cpu_s"] = round(sum(os.times()[:2]), 1)
     _say(counts=counts)

@@ -32,6 +32,8 @@ from services.runtime.trace_export import (
 )
 
 _tracer = trace.get_tracer("ragstream")
+#: Ids for an unsampled context where there is no current span (`untraced`).
+_IDS = RandomIdGenerator()
 _provider: TracerProvider | None = None
 
 
@@ -125,10 +127,9 @@ def untraced() -> Iterator[None]:
     records a create and a publish span for each record sent (bench/README.md, "Tenant flood,
     2026-12-07 06:00-06:25 UTC": ingest's CPU a refused question 1.5-1.6 → 1.3 ms)."""
     current = trace.get_current_span().get_span_context()
-    ids = RandomIdGenerator()
     unsampled = SpanContext(
-        trace_id=current.trace_id if current.is_valid else ids.generate_trace_id(),
-        span_id=current.span_id if current.is_valid else ids.generate_span_id(),
+        trace_id=current.trace_id if current.is_valid else _IDS.generate_trace_id(),
+        span_id=current.span_id if current.is_valid else _IDS.generate_span_id(),
         is_remote=False,
         trace_flags=TraceFlags(TraceFlags.DEFAULT),
     )
