@@ -96,10 +96,12 @@ async def _turn_away(
     kind: DeadLetterKind,
     reason: str,
     dead_letter: bool = True,
+    bare: bool = False,
 ) -> None:
     """A question's refusal to its asker and the lineage, sent to `outbox` (acked before the
     record is committed: a flood is mostly turned away, and a run of its questions shares one
-    round trip); and the record to the DLQ (unless `dead_letter` is false), awaited."""
+    round trip), `bare` past FastStream's publish middlewares (`Outbox.event`); and the record
+    to the DLQ (unless `dead_letter` is false), awaited."""
     outputs: list[Envelope] = []
     if isinstance(event, QueryV1):  # the asker gets a refusal now, not a timeout
         question = event.question
@@ -114,10 +116,10 @@ async def _turn_away(
             message=reason,
             asked_at=event.produced_at,
         )
-        await outbox.event(answers, TOPICS.answers, refusal)
+        await outbox.event(answers, TOPICS.answers, refusal, bare=bare)
         outputs.append(refusal)
     details: dict[str, JsonValue] = {"reason": reason}
-    await outbox.lineage(lineage_record(STAGE, event, kind, started, outputs, details))
+    await outbox.lineage(lineage_record(STAGE, event, kind, started, outputs, details), bare=bare)
     if dead_letter:
         await publish_dead_letter(outbox.broker, dead_letter_for(record, STAGE, kind, reason))
 
@@ -159,9 +161,18 @@ async def _over_rate(
         if question
         else "; replay it from the DLQ later or raise RAGSTREAM_TENANT_RATE_PER_SECOND"
     )
-    with untraced():  # a flood's refusals: counted, summarised, in the lineage; not traced
+    # A flood's refusals: counted, summarised, in the lineage; neither traced nor sent through
+    # FastStream's publish middlewares, which cost more than the rest of turning one away.
+    with untraced():
         await _turn_away(
-            outbox, record, event, started, "rate_limited", reason, dead_letter=not question
+            outbox,
+            record,
+            event,
+            started,
+            "rate_limited",
+            reason,
+            dead_letter=not question,
+            bare=True,
         )
     return True
 

@@ -10,7 +10,7 @@ from contracts.registry import TOPICS, TopicSpec
 from contracts.v1 import Envelope, LineageRecordV1
 from services.runtime.lineage import lineage_options, publish_lineage
 from services.runtime.metrics import event_published
-from services.runtime.publishing import Publisher, event_bytes, event_options
+from services.runtime.publishing import Publisher, event_bytes, event_options, send_bare
 
 
 class Outbox:
@@ -55,17 +55,27 @@ class Outbox:
             sent = [s for s, _ in [*self._events, *self._lineage]]
             await asyncio.gather(*map(_acked, sent), return_exceptions=True)
 
-    async def event(self, publisher: Publisher, spec: TopicSpec, event: Envelope) -> None:
-        """Send `event` on its topic, keyed per the registry, as `publish_event` does."""
+    async def event(
+        self, publisher: Publisher, spec: TopicSpec, event: Envelope, *, bare: bool = False
+    ) -> None:
+        """Send `event` on its topic, keyed per the registry, as `publish_event` does; `bare`,
+        past FastStream's publish middlewares (`send_bare`)."""
         options = event_options(spec, event, self.stage)
-        sent = await publisher.publish(event_bytes(event), **options, no_confirm=True)
+        if bare:
+            sent = await send_bare(self.broker, event_bytes(event), topic=spec.name, **options)
+        else:
+            sent = await publisher.publish(event_bytes(event), **options, no_confirm=True)
         self._events.append((sent, spec))
 
-    async def lineage(self, record: LineageRecordV1) -> None:
-        """Send a lineage record to the audit topic, as `publish_lineage` does."""
-        options = lineage_options(record)
+    async def lineage(self, record: LineageRecordV1, *, bare: bool = False) -> None:
+        """Send a lineage record to the audit topic, as `publish_lineage` does; `bare`, past
+        FastStream's publish middlewares (`send_bare`)."""
+        body, options = event_bytes(record), lineage_options(record)
         try:
-            sent: Any = await self.broker.publish(event_bytes(record), **options, no_confirm=True)
+            if bare:
+                sent: Any = await send_bare(self.broker, body, **options)
+            else:
+                sent = await self.broker.publish(body, **options, no_confirm=True)
         except Exception as error:  # sent again, with retries, in `confirmed`
             sent = error
         self._lineage.append((sent, record))

@@ -29,7 +29,7 @@ from inference.generation import ChatMessage, GenerationRequest
 from services.cli.ask_cmd import query_event
 from services.runtime.batches import validate_batch
 from services.runtime.broker import make_broker
-from services.runtime.publishing import event_bytes, event_headers, publish_event
+from services.runtime.publishing import event_bytes, event_headers, publish_event, send_bare
 from services.runtime.settings import RuntimeSettings
 from services.runtime.trace_export import (
     JsonLinesSpanExporter,
@@ -296,6 +296,37 @@ async def test_work_done_untraced_records_no_span_and_hands_on_an_unsampled_cont
     [traceparent] = seen
     trace_id = format(flooder.get_span_context().trace_id, "032x")
     assert traceparent.split("-")[1] == trace_id and traceparent.endswith("-00")
+
+
+async def test_a_bare_send_skips_the_publish_spans_and_keeps_key_headers_and_trace(
+    spans: InMemorySpanExporter,
+) -> None:
+    """`send_bare` (a flood's refusals): no create or publish span, yet the record has its key
+    and headers, and its consumer goes on with the sender's trace."""
+    broker: KafkaBroker = make_broker(RuntimeSettings(bootstrap_servers="localhost:1"), "test")
+    seen: list[tuple[bytes | None, dict[str, str]]] = []
+
+    @broker.subscriber("test.in")
+    async def sender(body: dict[str, Any]) -> None:
+        headers = {"ce_id": "e-1", "ce_tenant": "acme"}
+        sent = await send_bare(broker, b"{}", topic="test.out", key=b"acme", headers=headers)
+        assert sent is None  # the test broker delivers at once; a real producer's future
+
+    @broker.subscriber("test.out")
+    async def consumer(body: dict[str, Any], message: KafkaMessage) -> None:
+        seen.append((message.raw_message.key, dict(message.headers)))
+
+    async with TestKafkaBroker(broker) as test_broker:
+        await test_broker.publish(b"{}", "test.in")
+
+    [(key, headers)] = seen
+    assert key == b"acme" and headers["ce_id"] == "e-1" and headers["ce_tenant"] == "acme"
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    assert not {n for n in finished if n.startswith("test.out") and not n.endswith("process")}
+    sent_by, received = finished["test.in process"], finished["test.out process"]
+    assert received.parent is not None
+    assert received.parent.span_id == sent_by.get_span_context().span_id
+    assert received.context.trace_id == sent_by.context.trace_id
 
 
 class _FakeResult:
