@@ -34,7 +34,7 @@ from services.ingest.versions import DocumentVersions
 from services.runtime.answers import refusal_answer
 from services.runtime.batches import records_of, validate_records
 from services.runtime.broker import subscriber_options
-from services.runtime.dead_letters import dead_letter_for, publish_dead_letter
+from services.runtime.dead_letters import dead_letter_for
 from services.runtime.lineage import lineage_record, publish_lineage
 from services.runtime.loop_context import KafkaBroker, KafkaMessage, LoopContext
 from services.runtime.metrics import rate_limited
@@ -100,8 +100,8 @@ async def _turn_away(
 ) -> None:
     """A question's refusal to its asker and the lineage, sent to `outbox` (acked before the
     record is committed: a flood is mostly turned away, and a run of its questions shares one
-    round trip), `bare` past FastStream's publish middlewares (`Outbox.event`); and the record
-    to the DLQ (unless `dead_letter` is false), awaited."""
+    round trip), and the record to the DLQ unless `dead_letter` is false; `bare`, past
+    FastStream's publish middlewares (`Outbox.event`)."""
     outputs: list[Envelope] = []
     if isinstance(event, QueryV1):  # the asker gets a refusal now, not a timeout
         question = event.question
@@ -121,7 +121,7 @@ async def _turn_away(
     details: dict[str, JsonValue] = {"reason": reason}
     await outbox.lineage(lineage_record(STAGE, event, kind, started, outputs, details), bare=bare)
     if dead_letter:
-        await publish_dead_letter(outbox.broker, dead_letter_for(record, STAGE, kind, reason))
+        await outbox.dead_letter(dead_letter_for(record, STAGE, kind, reason), bare=bare)
 
 
 async def _lying_headers(

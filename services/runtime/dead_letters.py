@@ -127,13 +127,17 @@ def _readable(payload: Any, field: str) -> str | None:
     return None
 
 
+def dead_letter_options(letter: DeadLetterV1) -> dict[str, Any]:
+    """How a dead letter (`DeadLetterV1.model_dump_json`) is published with the broker."""
+    return {
+        "topic": TOPICS.dlq.name,
+        "key": TOPICS.dlq.key_bytes(letter),
+        "headers": {"content-type": "application/json", "ce_type": "ragstream.dlq.v1"},
+    }
+
+
 async def _send_dead_letter(broker: Any, letter: DeadLetterV1) -> None:
-    await broker.publish(
-        letter.model_dump_json().encode("utf-8"),
-        topic=TOPICS.dlq.name,
-        key=TOPICS.dlq.key_bytes(letter),
-        headers={"content-type": "application/json", "ce_type": "ragstream.dlq.v1"},
-    )
+    await broker.publish(letter.model_dump_json().encode("utf-8"), **dead_letter_options(letter))
 
 
 def dead_letter_for(
@@ -180,7 +184,16 @@ def _truncated(letter: DeadLetterV1) -> DeadLetterV1:
 
 
 async def publish_dead_letter(broker: Any, letter: DeadLetterV1) -> None:
-    """Publish a dead letter and wait for the broker's ack (retried: nothing may be lost).
+    """Publish a dead letter and wait for the broker's ack (`send_dead_letter`), then count it
+    and publish its lineage record."""
+    letter = await send_dead_letter(broker, letter)
+    dead_lettered(letter)
+    await publish_lineage(broker, dead_letter_lineage(letter))
+
+
+async def send_dead_letter(broker: Any, letter: DeadLetterV1) -> DeadLetterV1:
+    """Publish a dead letter and wait for the broker's ack (retried: nothing may be lost);
+    the letter as the broker took it.
 
     A letter too large for the broker keeps only the first 64 KiB of the original, marked
     truncated, so that one huge record cannot stall its partition forever."""
@@ -196,10 +209,17 @@ async def publish_dead_letter(broker: Any, letter: DeadLetterV1) -> None:
             except _TOO_LARGE:
                 letter = _truncated(letter)
                 await _send_dead_letter(broker, letter)
+    return letter
+
+
+def dead_lettered(letter: DeadLetterV1) -> None:
+    """Count a letter the broker holds, and log it. A letter over a tenant's rate limit is
+    logged at debug level only: ingest summarises a flood in one line each interval
+    (`RefusalSummary`), not a line an event."""
     DEAD_LETTER_COUNTS[(letter.stage, letter.error_kind)] += 1
     dead_letter_published(letter.stage, letter.source_topic, letter.error_kind)
-    await publish_lineage(broker, dead_letter_lineage(letter))
-    logger.warning(
+    logger.log(
+        logging.DEBUG if letter.error_kind == "rate_limited" else logging.WARNING,
         "dead-lettered %s[%d]@%d (%s): %s",
         letter.source_topic,
         letter.source_partition,

@@ -7,8 +7,9 @@ from types import TracebackType
 from typing import Any
 
 from contracts.registry import TOPICS, TopicSpec
-from contracts.v1 import Envelope, LineageRecordV1
-from services.runtime.lineage import lineage_options, publish_lineage
+from contracts.v1 import DeadLetterV1, Envelope, LineageRecordV1
+from services.runtime.dead_letters import dead_letter_options, dead_lettered, send_dead_letter
+from services.runtime.lineage import dead_letter_lineage, lineage_options, publish_lineage
 from services.runtime.metrics import event_published
 from services.runtime.publishing import Publisher, event_bytes, event_options, send_bare
 
@@ -31,7 +32,9 @@ class Outbox:
 
     An event that the broker refuses fails the block (the input is consumed again, and the
     events' derived ids make the second delivery count once); a lineage record that it
-    refuses is sent again alone with `publish_lineage`'s retries, and never fails the block.
+    refuses is sent again alone with `publish_lineage`'s retries, and never fails the block;
+    a dead letter that it refuses is sent again alone with `send_dead_letter`'s retries, and
+    fails the block only if those fail too.
     """
 
     def __init__(self, broker: Any, stage: str) -> None:
@@ -39,6 +42,7 @@ class Outbox:
         self.stage = stage
         self._events: list[tuple[Any, TopicSpec]] = []
         self._lineage: list[tuple[Any, LineageRecordV1]] = []
+        self._letters: list[tuple[Any, DeadLetterV1]] = []
 
     async def __aenter__(self) -> Outbox:
         return self
@@ -52,7 +56,7 @@ class Outbox:
         if error is None:
             await self.confirmed()
         else:  # the block failed: let what was sent settle, and keep its error
-            sent = [s for s, _ in [*self._events, *self._lineage]]
+            sent = [s for s, _ in [*self._events, *self._lineage, *self._letters]]
             await asyncio.gather(*map(_acked, sent), return_exceptions=True)
 
     async def event(
@@ -70,32 +74,52 @@ class Outbox:
     async def lineage(self, record: LineageRecordV1, *, bare: bool = False) -> None:
         """Send a lineage record to the audit topic, as `publish_lineage` does; `bare`, past
         FastStream's publish middlewares (`send_bare`)."""
-        body, options = event_bytes(record), lineage_options(record)
-        try:
-            if bare:
-                sent: Any = await send_bare(self.broker, body, **options)
-            else:
-                sent = await self.broker.publish(body, **options, no_confirm=True)
-        except Exception as error:  # sent again, with retries, in `confirmed`
-            sent = error
+        sent = await _sent(self.broker, event_bytes(record), lineage_options(record), bare)
         self._lineage.append((sent, record))
+
+    async def dead_letter(self, letter: DeadLetterV1, *, bare: bool = False) -> None:
+        """Send a dead letter to the DLQ and its lineage record, as `publish_dead_letter`
+        does; `bare`, past FastStream's publish middlewares (`send_bare`)."""
+        body = letter.model_dump_json().encode("utf-8")
+        sent = await _sent(self.broker, body, dead_letter_options(letter), bare)
+        self._letters.append((sent, letter))
+        await self.lineage(dead_letter_lineage(letter), bare=bare)
 
     async def confirmed(self) -> None:
         """Wait for the broker's ack of everything sent so far; raise the first event error."""
         events, self._events = self._events, []
         lineage, self._lineage = self._lineage, []
+        letters, self._letters = self._letters, []
         outcomes = await asyncio.gather(
-            *(_acked(sent) for sent, _ in [*events, *lineage]), return_exceptions=True
+            *(_acked(sent) for sent, _ in [*events, *lineage, *letters]), return_exceptions=True
         )
-        for (_, record), outcome in zip(lineage, outcomes[len(events) :], strict=True):
+        lineage_at, letters_at = len(events), len(events) + len(lineage)
+        event_outcomes = outcomes[:lineage_at]
+        lineage_outcomes, letter_outcomes = outcomes[lineage_at:letters_at], outcomes[letters_at:]
+        for (_, letter), outcome in zip(letters, letter_outcomes, strict=True):
+            if isinstance(outcome, BaseException):  # too large (truncated) or broker trouble
+                letter = await send_dead_letter(self.broker, letter)
+            dead_lettered(letter)
+        for (_, record), outcome in zip(lineage, lineage_outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 await publish_lineage(self.broker, record)
             else:
                 event_published(record.stage, TOPICS.audit)
-        for (_, spec), outcome in zip(events, outcomes, strict=False):
+        for (_, spec), outcome in zip(events, event_outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 raise outcome
             event_published(self.stage, spec)
+
+
+async def _sent(broker: Any, body: bytes, options: dict[str, Any], bare: bool) -> Any:
+    """A send with `options` (a topic's), unacked: the producer's future, or the error that
+    stopped the send (sent again, with retries, in `confirmed`)."""
+    try:
+        if bare:
+            return await send_bare(broker, body, **options)
+        return await broker.publish(body, **options, no_confirm=True)
+    except Exception as error:
+        return error
 
 
 async def _acked(sent: Any) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
+from aiokafka import ConsumerRecord
 
 from contracts.registry import TOPICS
-from contracts.v1 import LineageRecordV1, ProducedBy, QueryV1
+from contracts.v1 import DeadLetterV1, LineageRecordV1, ProducedBy, QueryV1
 from contracts.v1.envelope import utc_now
 from services.runtime import lineage
+from services.runtime.dead_letters import DEAD_LETTER_COUNTS, dead_letter_for
 from services.runtime.outbox import Outbox
 
 ACK_DELAY_S = 0.05
@@ -105,3 +108,50 @@ async def test_a_failing_block_still_lets_what_it_sent_settle() -> None:
             await outbox.event(broker, TOPICS.queries_accepted, question(1))
             raise RuntimeError("handler broke")
     assert broker.acked == ["publisher"]  # waited for, not left to warn unretrieved
+
+
+def letter(n: int, kind: Any = "rejected") -> DeadLetterV1:
+    value = question(n).model_dump_json().encode()
+    record = ConsumerRecord(TOPICS.queries.name, 0, n, 0, 0, None, value, None, 0, 1, [])
+    return dead_letter_for(record, "ingest", kind, f"reason {n}")  # type: ignore[arg-type]
+
+
+async def test_a_dead_letter_and_its_lineage_are_acked_with_the_rest_and_counted_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A rejected event's letter waits for no round trip of its own; a rate-limited one is
+    counted and not logged (ingest summarises a flood)."""
+    counted = (
+        DEAD_LETTER_COUNTS[("ingest", "rejected")],
+        DEAD_LETTER_COUNTS[("ingest", "rate_limited")],
+    )
+    broker = AckingBroker()
+    with caplog.at_level(logging.INFO, logger="ragstream.dlq"):
+        async with Outbox(broker, "ingest") as outbox:
+            await outbox.event(broker, TOPICS.answers, question(1))
+            await outbox.dead_letter(letter(1))
+            await outbox.dead_letter(letter(2, "rate_limited"))
+            assert broker.acked == []
+    dlq, audit = TOPICS.dlq.name, TOPICS.audit.name
+    assert broker.sent == [
+        ("publisher", True),
+        (dlq, True),
+        (audit, True),
+        (dlq, True),
+        (audit, True),
+    ]
+    assert len(broker.acked) == 5
+    assert DEAD_LETTER_COUNTS[("ingest", "rejected")] == counted[0] + 1
+    assert DEAD_LETTER_COUNTS[("ingest", "rate_limited")] == counted[1] + 1
+    [logged] = [r.getMessage() for r in caplog.records]
+    assert "(rejected): reason 1" in logged
+
+
+async def test_a_dead_letter_the_broker_does_not_ack_is_sent_again_before_the_block_ends() -> None:
+    counted = DEAD_LETTER_COUNTS[("ingest", "rejected")]
+    broker = AckingBroker(frozenset({TOPICS.dlq.name}), fail_first_sends=1)
+    async with Outbox(broker, "ingest") as outbox:
+        await outbox.dead_letter(letter(1))
+    assert broker.sent[-1] == (TOPICS.dlq.name, False)  # sent again and waited for
+    assert broker.acked.count(TOPICS.dlq.name) == 1
+    assert DEAD_LETTER_COUNTS[("ingest", "rejected")] == counted + 1
