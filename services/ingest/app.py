@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,9 +57,29 @@ QUOTED_QUESTION_CHARS = 500
 #: so one tenant's flood holds up only the tenants that hash to its partition, not every
 #: question behind it; and one consumer polls the broker, not one per partition.
 QUESTIONS = PartitionWorkers(STAGE)
-#: Records a fetch of questions hands the workers at most, and how long it waits to fill.
+#: Records a fetch of questions hands the workers at most.
 QUESTION_FETCH_RECORDS = 256
-QUESTION_FETCH_WAIT_MS = 5
+#: How long a fetch (of questions, of documents) waits to fill.
+FETCH_WAIT_MS = 5
+#: Documents, the same way (a document's partition is its id's): each partition's in order
+#: and committed once a run of them is handled, not a round trip to commit each one; one
+#: partition's large document (seconds to parse) holds up no other partition. Fewer queued a
+#: partition than questions: a document may be ~1 MB.
+DOCUMENTS = PartitionWorkers(STAGE, queue_limit=16)
+DOCUMENT_FETCH_RECORDS = 128
+
+
+def _by_workers(spec: TopicSpec, workers: PartitionWorkers, max_records: int) -> dict[str, Any]:
+    """A batch subscriber's options for `spec`'s topic whose records `workers` handle and
+    commit (`_hand_to_workers`): FastStream commits nothing (a manual ack policy)."""
+    return {
+        "batch": True,
+        "max_records": max_records,
+        "batch_timeout_ms": FETCH_WAIT_MS,
+        **subscriber_options(STAGE, spec),
+        "ack_policy": AckPolicy.MANUAL,
+        "listener": WorkersListener(STAGE, workers),
+    }
 
 
 @dataclass
@@ -177,16 +197,35 @@ async def _over_rate(
     return True
 
 
-@router.subscriber(TOPICS.documents.name, **subscriber_options(STAGE, TOPICS.documents))
-async def ingest_document(
-    event: DocumentEventV1,
+@router.subscriber(
+    TOPICS.documents.name, **_by_workers(TOPICS.documents, DOCUMENTS, DOCUMENT_FETCH_RECORDS)
+)
+async def ingest_documents(
+    values: list[bytes],
     message: KafkaMessage,
     broker: KafkaBroker,
     ingest: Ingest,
 ) -> None:
-    """Accept an upsert as a new version, drop an unchanged re-publish, propagate a delete."""
+    """Hand the fetched documents to their partitions' workers (`DOCUMENTS`), as
+    `ingest_queries` does. Each document's outputs are acked before the next is decided, not
+    with the run's (`ingest_document`)."""
+    await _hand_to_workers(
+        DOCUMENTS,
+        TOPICS.documents,
+        message,
+        broker,
+        ingest,
+        lambda event, record, _: ingest_document(event, record, broker, ingest),
+    )
+
+
+async def ingest_document(
+    event: DocumentEventV1, record: RawRecord, broker: KafkaBroker, ingest: IngestResources
+) -> None:
+    """Accept an upsert as a new version, drop an unchanged re-publish, propagate a delete.
+    What each gives is acked before the next is decided: a version is recorded only once
+    the broker holds it."""
     started = utc_now()
-    record = message.raw_message
     async with Outbox(broker, STAGE) as outbox:
         if await _lying_headers(outbox, record, TOPICS.documents, event, started):
             return
@@ -242,12 +281,7 @@ async def ingest_document(
 
 
 @router.subscriber(
-    TOPICS.queries.name,
-    batch=True,
-    max_records=QUESTION_FETCH_RECORDS,
-    batch_timeout_ms=QUESTION_FETCH_WAIT_MS,
-    **subscriber_options(STAGE, TOPICS.queries)
-    | {"ack_policy": AckPolicy.MANUAL, "listener": WorkersListener(STAGE, QUESTIONS)},
+    TOPICS.queries.name, **_by_workers(TOPICS.queries, QUESTIONS, QUESTION_FETCH_RECORDS)
 )
 async def ingest_queries(
     values: list[bytes],
@@ -258,19 +292,40 @@ async def ingest_queries(
     """Hand the fetched questions to their partitions' workers (`QUESTIONS`), which commit
     each run of a partition's questions after handling it: FastStream commits nothing here (a
     manual ack policy)."""
+    await _hand_to_workers(
+        QUESTIONS,
+        TOPICS.queries,
+        message,
+        broker,
+        ingest,
+        lambda event, record, outbox: ingest_query(event, record, outbox, ingest),
+    )
+
+
+async def _hand_to_workers(
+    workers: PartitionWorkers,
+    spec: TopicSpec,
+    message: KafkaMessage,
+    broker: KafkaBroker,
+    ingest: IngestResources,
+    handle_event: Callable[[Any, RawRecord, Outbox], Awaitable[None]],
+) -> None:
+    """Queue a fetch's records for `workers`; a worker validates its run of them, dead-letters
+    the invalid ones, and hands each event, its record and the run's outbox (acked before the
+    run is committed: one round trip for the run's publishes) to `handle_event`."""
 
     async def handle(run: Sequence[RawRecord]) -> None:
-        batch = validate_records(run, TOPICS.queries)
-        async with Outbox(broker, STAGE) as outbox:  # the run's publishes: one round trip
+        batch = validate_records(run, spec)
+        async with Outbox(broker, STAGE) as outbox:
             await batch.handle_each(
                 broker,
                 STAGE,
-                lambda event: ingest_query(event, batch.records[event.event_id], outbox, ingest),
+                lambda event: handle_event(event, batch.record_of(event), outbox),
                 attempts=ingest.settings.handler_attempts,
             )
         await batch.dead_letter_invalid(broker, STAGE)
 
-    await QUESTIONS.dispatch(records_of(message), message.consumer, handle)
+    await workers.dispatch(records_of(message), message.consumer, handle)
 
 
 async def ingest_query(
@@ -306,12 +361,14 @@ def create_app(settings: IngestSettings | None = None) -> FastStream:
     async def resources() -> AsyncIterator[dict[str, Any]]:
         ingest = IngestResources.open(settings)
         QUESTIONS.open()
+        DOCUMENTS.open()
         try:
             yield {"ingest": ingest}
         finally:
             ingest.versions.close()
 
     app = stage_app(STAGE, settings, router, resources)
-    # Before the consumers stop: each question worker finishes and commits its record.
+    # Before the consumers stop: each worker finishes and commits its run.
     app.on_shutdown(QUESTIONS.close)
+    app.on_shutdown(DOCUMENTS.close)
     return app

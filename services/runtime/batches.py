@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
@@ -48,15 +49,19 @@ class BatchValidation:
         self.spec = spec
         self.events: list[Any] = []
         self.invalid: list[tuple[ConsumerRecord[Any, Any], BaseException]] = []
-        #: The trace context each event's record carried, by event id.
-        self.trace_contexts: dict[str, Context] = {}
-        #: The record each event came in, by event id.
-        self.records: dict[str, ConsumerRecord[Any, Any]] = {}
+        #: The trace context each event's record carried, by the event (`id` of one of
+        #: `events`: two records of a batch may hold events with one id, and differ).
+        self.trace_contexts: dict[int, Context] = {}
+        self._records: dict[int, ConsumerRecord[Any, Any]] = {}
+
+    def record_of(self, event: Any) -> ConsumerRecord[Any, Any]:
+        """The record that `event` (one of `events`) came in."""
+        return self._records[id(event)]
 
     def span(self, event: Any, stage: str) -> AbstractContextManager[Span]:
         """Trace `event`'s own work (and what it publishes) in the trace it came with."""
         topic = self.spec.short_name if self.spec else "event"
-        parent = self.trace_contexts.get(getattr(event, "event_id", ""))
+        parent = self.trace_contexts.get(id(event))
         return event_span(f"{stage} {topic}", stage, event, parent)
 
     async def traced(self, event: Any, stage: str, work: Awaitable[T]) -> T:
@@ -133,7 +138,7 @@ class BatchValidation:
     async def _dead_letter_failed(
         self, broker: Any, stage: str, event: Any, error: BaseException, tries: int
     ) -> None:
-        record = self.records[event.event_id]
+        record = self.record_of(event)
         kind, reason = classify(record.value, error, record.headers)
         logger.error(
             "stage %s failed on event %s %d times; dead-lettered", stage, event.event_id, tries,
@@ -185,11 +190,29 @@ def validate_records(
             continue
         try:
             event = spec.adapter.validate_json(record.value or b"")
-        except (ValidationError, ValueError, RecursionError) as exc:
+        except ValidationError as exc:
+            result.invalid.append((record, _named_field(spec, record.value, exc)))
+            continue
+        except (ValueError, RecursionError) as exc:
             result.invalid.append((record, exc))
             continue
         result.events.append(event)
-        result.records[event.event_id] = record
+        result._records[id(event)] = record
         if traced and (context := trace_context_of(record.headers)) is not None:
-            result.trace_contexts[event.event_id] = context
+            result.trace_contexts[id(event)] = context
     return result
+
+
+def _named_field(spec: TopicSpec, value: bytes | None, error: ValidationError) -> ValidationError:
+    """`error`, or where pydantic's JSON parser refused what Python's reads (a lone surrogate
+    escape, "\\ud800"), the error of validating what Python's reads: it names the field, as a
+    single-record subscriber's reason does (FastStream decodes with `json.loads`)."""
+    if not any(e["type"] == "json_invalid" for e in error.errors()):
+        return error
+    try:
+        spec.adapter.validate_python(json.loads(value or b""))
+    except ValidationError as named:
+        return named
+    except (ValueError, RecursionError):
+        pass
+    return error

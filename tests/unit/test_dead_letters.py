@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from aiokafka import ConsumerRecord
 from aiokafka.errors import (
     KafkaConnectionError,
     MessageSizeTooLargeError,
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 
 from contracts.registry import TOPICS
 from services.cli.ask_cmd import query_event
-from services.runtime.batches import BatchValidation, validate_batch
+from services.runtime.batches import BatchValidation, validate_batch, validate_records
 from services.runtime.dead_letters import DeadLetterMiddleware, classify
 from services.runtime.loop_context import KafkaMessage
 from services.runtime.publishing import event_bytes, strict_json_decoder
@@ -170,6 +171,32 @@ async def test_a_failing_event_of_a_batch_is_dead_lettered_alone_and_its_neighbo
     ]
     assert "ZeroDivisionError: boom" in dead[0]["reason"]
     assert json.loads(base64.b64decode(dead[0]["original_value"]))["event_id"] == failing
+
+
+def test_a_batch_record_with_a_lone_surrogate_is_dead_lettered_naming_its_field() -> None:
+    """pydantic's JSON parser refuses a lone surrogate escape as invalid JSON; the reason
+    names the field, as a single record's does."""
+    event = query_event("How many desks are on floor 1?", "acme")
+    value = event_bytes(event).replace(event.correlation_id.encode(), b"c\\ud800")
+    record = ConsumerRecord(TOPICS.queries.name, 0, 0, 0, 0, None, value, None, 0, 1, [])
+    batch = validate_records([record], TOPICS.queries)  # type: ignore[list-item]
+    [(_, error)] = batch.invalid
+    kind, reason = classify(value, error)
+    assert kind == "schema_violation" and "correlation_id" in reason, reason
+
+
+def test_events_of_a_batch_that_share_an_id_each_keep_their_own_record() -> None:
+    """An upstream that reuses an event id for two different records (a bug, a template):
+    each event's dead letter must carry its own original bytes, not its namesake's."""
+    first = query_event("How many desks are on floor 1?", "acme")
+    second = first.model_copy(update={"question": "x" * 900})
+    records = [
+        ConsumerRecord(TOPICS.queries.name, 0, n, 0, 0, None, event_bytes(e), None, 0, 1, [])
+        for n, e in enumerate([first, second])
+    ]
+    batch = validate_records(records, TOPICS.queries)  # type: ignore[arg-type]
+    assert [e.event_id for e in batch.events] == [first.event_id] * 2
+    assert [batch.record_of(e).offset for e in batch.events] == [0, 1]
 
 
 @pytest.mark.asyncio
