@@ -68,11 +68,23 @@ class Decisions:
 
     outcomes: dict[str, str] = field(default_factory=dict)
     last_at: float = 0.0
+    #: Set once every id asked about has its decision.
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def settled(self, timeout_s: float) -> None:
+        """Wait until every decision is in, at most `timeout_s` (one lost on the way counts
+        as `no_record`)."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self.complete.wait(), timeout_s)
+
+    def counted(self, ids: set[str]) -> Counter[str]:
+        """The decisions by outcome; `no_record` for each of `ids` without one."""
+        outcomes = Counter(self.outcomes.values())
+        outcomes["no_record"] = len(ids) - len(self.outcomes)
+        return outcomes
 
 
-async def _ingest_outcomes(
-    tail: TopicTail, correlation_ids: set[str], decisions: Decisions, complete: asyncio.Event
-) -> None:
+async def ingest_outcomes(tail: TopicTail, correlation_ids: set[str], decisions: Decisions) -> None:
     """Collect `decisions` (a turned-away event also has a `dead_lettered` record: the
     decision's record is the one kept)."""
     outcomes = decisions.outcomes
@@ -84,7 +96,7 @@ async def _ingest_outcomes(
                 outcomes[cid] = payload["outcome"]
                 decisions.last_at = max(decisions.last_at, record.timestamp / 1000)
                 if len(outcomes) == len(correlation_ids):
-                    complete.set()
+                    decisions.complete.set()
 
 
 async def flood(
@@ -102,11 +114,8 @@ async def flood(
     deciding a wave's documents when its questions are settled: tokens its bucket refilled
     meanwhile count)."""
     ids: set[str] = set()
-    decisions = Decisions()
     results: list[AskResult] = []
-    complete = asyncio.Event()
-    async with TopicTail(bootstrap, [TOPICS.audit.name]) as tail:
-        collector = asyncio.create_task(_ingest_outcomes(tail, ids, decisions, complete))
+    async with ingest_decisions(bootstrap, ids) as decisions:
         started_at = time.time()
         period = (len(texts) + len(questions)) / FLOOD_EVENTS_PER_S
         settled = started_at
@@ -115,7 +124,7 @@ async def flood(
             wave_at = time.time()
             documents = document_events(texts, FLOODER)  # fresh ids: not deduplicated
             ids.update(d.correlation_id for d in documents)
-            complete.clear()
+            decisions.complete.clear()
             asked = asyncio.create_task(
                 ask_questions(bootstrap, FLOODER, questions, 180, len(questions))
             )
@@ -124,14 +133,23 @@ async def flood(
             settled = time.time()
             with suppress(TimeoutError):  # the wave's period out, unless stopped meanwhile
                 await asyncio.wait_for(stop.wait(), wave_at + period - settled)
-        with suppress(TimeoutError):  # a record lost on the way counts as `no_record`
-            await asyncio.wait_for(complete.wait(), 60)
-        collector.cancel()
-        with suppress(asyncio.CancelledError):
-            await collector
-    outcomes = Counter(decisions.outcomes.values())
-    outcomes["no_record"] = len(ids) - len(decisions.outcomes)
-    return results, outcomes, max(settled, decisions.last_at) - started_at
+        await decisions.settled(60)
+    return results, decisions.counted(ids), max(settled, decisions.last_at) - started_at
+
+
+@asynccontextmanager
+async def ingest_decisions(bootstrap: str, ids: set[str]) -> AsyncIterator[Decisions]:
+    """Ingest's decisions on the documents whose correlation ids are (or are added to) `ids`,
+    collected from the audit topic while the block runs."""
+    decisions = Decisions()
+    async with TopicTail(bootstrap, [TOPICS.audit.name]) as tail:
+        collector = asyncio.create_task(ingest_outcomes(tail, ids, decisions))
+        try:
+            yield decisions
+        finally:
+            collector.cancel()
+            with suppress(asyncio.CancelledError):
+                await collector
 
 
 def flooder_counts(

@@ -189,6 +189,7 @@ def _flood(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
          f"{flooder['answered_tokens']} / {flooder['daily_token_budget']}", "budget holds",
          _verdict(flooder["budget_held"])),
         *_turn_away(name, b.get("turn_away")),
+        *_turn_away(name, b.get("turn_away_documents"), "documents", "dead-lettered"),
         (name, "others' questions refused (left out of their latencies)",
          str(others["refused"]), "", ""),
         (name, "others' p99 during / without", _ratio(b["p99_ratio"]), "<= 2",
@@ -198,14 +199,17 @@ def _flood(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     ]  # fmt: skip
 
 
-def _turn_away(name: str, t: dict[str, Any] | None) -> list[tuple[str, str, str, str, str]]:
+def _turn_away(
+    name: str, t: dict[str, Any] | None, what: str = "questions", done: str = "turned away"
+) -> list[tuple[str, str, str, str, str]]:
+    """The row of a fixed flood's turning-away (`what`: its `questions` or `documents`)."""
     if t is None:
         return []
     cpu = t["cpu_ms_each"]
     return [
-        (name, f"the flooder's {t['questions']} questions at once: {t['rate_limited']} "
-         f"turned away over its rate limit in {t['seconds']} s",
-         f"{t['per_s']} questions/s; CPU {cpu['total']} ms each (broker {cpu['broker']}, "
+        (name, f"the flooder's {t[what]} {what} at once: {t['rate_limited']} "
+         f"{done} over its rate limit in {t['seconds']} s",
+         f"{t['per_s']} {what}/s; CPU {cpu['total']} ms each (broker {cpu['broker']}, "
          f"stages {cpu['stages']}, Triton {cpu['triton']})", "", ""),
     ]  # fmt: skip
 

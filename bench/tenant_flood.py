@@ -30,9 +30,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from typing import Any
 
-from bench.flooder import BURST, FLOODER, FLOODER_DAILY_TOKENS, RATE_PER_SECOND, flooding
+from bench.flooder import (
+    BURST,
+    FLOODER,
+    FLOODER_DAILY_TOKENS,
+    RATE_PER_SECOND,
+    flooding,
+    ingest_decisions,
+)
 from bench.measure import (
     ROUND,
     Lineage,
@@ -44,6 +52,7 @@ from bench.measure import (
     spread,
 )
 from bench.query_path import stage_breakdown
+from bench.upstream import document_events, publish_documents
 from services.cli.ask_cmd import AskResult, ask_questions
 
 P99_RATIO_TARGET = 2.0
@@ -92,6 +101,37 @@ def turn_away_cost(bootstrap: str, questions: list[str]) -> dict[str, Any]:
     }
 
 
+def documents_turn_away_cost(bootstrap: str, texts: list[str]) -> dict[str, Any]:
+    """The flooder's tiny documents `texts` (new ids) published at once, as
+    `turn_away_cost` does its questions: seconds until ingest decided each, and the stack's
+    CPU for each one it dead-lettered over the rate limit."""
+    groups = Processes.of_stack()
+    before, started = cpu_seconds(groups), time.perf_counter()
+    outcomes = asyncio.run(_documents_decided(bootstrap, texts))
+    seconds = time.perf_counter() - started
+    after = cpu_seconds(groups)
+    spent = {name: after[name] - before[name] for name in groups}
+    return {
+        "documents": len(texts),
+        "rate_limited": outcomes["rate_limited"],
+        "outcomes": dict(outcomes),
+        "seconds": round(seconds, 2),
+        "per_s": round(len(texts) / seconds, 1),
+        "cpu_ms_each": cpu_ms_each(spent, outcomes["rate_limited"]),
+    }
+
+
+async def _documents_decided(bootstrap: str, texts: list[str]) -> Counter[str]:
+    """Publish the flooder's `texts` as new documents at once; ingest's decision on each
+    (`no_record` for one not decided within 180 s)."""
+    documents = document_events(texts, FLOODER)
+    ids = {d.correlation_id for d in documents}
+    async with ingest_decisions(bootstrap, ids) as decisions:
+        await publish_documents(bootstrap, documents)
+        await decisions.settled(180)
+    return decisions.counted(ids)
+
+
 def both_phases(questions: list[str]) -> tuple[list[str], list[str]]:
     """What the others ask without the flood and during it: `questions` once by each of
     OTHERS (who take turns a round each in `ask_one_at_a_time`), by half of them in the
@@ -134,6 +174,7 @@ def flood_figures(
         _during(bootstrap, during_questions, flood_texts, flood_questions, busy_lineage)
     )
     turn_away = turn_away_cost(bootstrap, 2 * flood_questions)
+    turn_away_documents = documents_turn_away_cost(bootstrap, 2 * flood_texts)
     quiet, busy = spread(pipeline_ms(baseline)), spread(pipeline_ms(during))
     ratio = busy["p99"] / quiet["p99"] if busy["p99"] and quiet["p99"] else None
     refused_others = sum(1 for r in baseline + during if r.refused)
@@ -155,6 +196,7 @@ def flood_figures(
         },
         "flooder": counts,
         "turn_away": turn_away,
+        "turn_away_documents": turn_away_documents,
         "p99_ratio": None if ratio is None else round(ratio, 2),
         "target": P99_RATIO_TARGET,
         "met": ratio is not None and ratio <= P99_RATIO_TARGET,
