@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, TypeAlias
 
@@ -87,6 +87,15 @@ class IngestResources:
     settings: IngestSettings
     versions: DocumentVersions
     limits: TenantRateLimits
+    #: A document's version is decided and recorded under one of these (by tenant and id):
+    #: partitions' workers run at once, and an upstream that does not key a document by its
+    #: id, as the registry asks, can put two versions of it in two partitions.
+    document_locks: list[asyncio.Lock] = field(
+        default_factory=lambda: [asyncio.Lock() for _ in range(64)]
+    )
+
+    def document_lock(self, tenant_id: str, doc_id: str) -> asyncio.Lock:
+        return self.document_locks[hash((tenant_id, doc_id)) % len(self.document_locks)]
 
     @classmethod
     def open(cls, settings: IngestSettings) -> IngestResources:
@@ -231,6 +240,17 @@ async def ingest_document(
             return
         if await _over_rate(outbox, record, event, ingest, started):
             return
+    async with ingest.document_lock(event.tenant_id, event.doc_id):
+        await _new_version(event, record, broker, ingest, started)
+
+
+async def _new_version(
+    event: DocumentEventV1,
+    record: RawRecord,
+    broker: KafkaBroker,
+    ingest: IngestResources,
+    started: datetime,
+) -> None:
     common = {**derived_from(event, STAGE), "doc_id": event.doc_id}
     if isinstance(event, DocumentDeleteV1):
         decision = ingest.versions.decide_delete(event.tenant_id, event.doc_id)

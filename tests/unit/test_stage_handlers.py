@@ -93,6 +93,22 @@ async def test_ingest_accepts_a_document_then_drops_its_unchanged_republish(inge
     assert dead == []
 
 
+async def test_two_versions_of_a_document_handled_at_once_get_two_version_numbers(
+    ingest: Any,
+) -> None:
+    """Each partition has a worker of its own: an upstream that does not key a document by its
+    id (as the registry asks) can put two versions of it in two partitions, handled at once."""
+    broker, dead = ingest
+    first, second = upsert("# Leave\n\nTwenty days."), upsert("# Leave\n\nThirty days.")
+    await asyncio.gather(
+        broker.publish(event_bytes(first), TOPICS.documents.name),
+        broker.publish(event_bytes(second), TOPICS.documents.name),
+    )
+    calls = ingest_stage.accepted_documents.mock.call_args_list
+    versions = sorted(AcceptedDocumentV1.model_validate(c.args[0]).doc_version for c in calls)
+    assert versions == [1, 2] and dead == []
+
+
 async def test_ingest_publishes_an_unchanged_document_again_as_a_new_version_on_reindex(
     ingest: Any,
 ) -> None:
