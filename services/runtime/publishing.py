@@ -122,7 +122,7 @@ async def send_bare(
     the trace, or records nothing under `untraced`; and ragstream's own counter
     (`event_published`) still counts the record. For records that come by the thousand and
     are worth little each: a tenant's flood turned away (bench/README.md, "Tenant flood,
-    2026-12-07 08:30 UTC")."""
+    2026-12-07 08:20-09:45 UTC")."""
     command = KafkaPublishCommand(
         body,
         topic=topic,

@@ -56,7 +56,7 @@ from services.runtime.publishing import event_headers, strict_json_decoder
 from services.runtime.settings import IngestSettings
 from services.runtime.stage import STAGE_INPUTS
 
-SINGLE_RECORD = {TOPICS.documents.name, TOPICS.documents_accepted.name}
+SINGLE_RECORD = {TOPICS.documents_accepted.name}  # chunk; ingest takes batches (partition workers)
 INPUTS = sorted(
     {(stage, spec.name): spec for stage, specs in STAGE_INPUTS.items() for spec in specs}.items()
 )
