@@ -31,7 +31,8 @@ import asyncio
 import json
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from bench.flooder import (
     BURST,
@@ -55,6 +56,7 @@ from bench.query_path import stage_breakdown
 from bench.upstream import document_events, publish_documents
 from services.cli.ask_cmd import AskResult, ask_questions
 
+T = TypeVar("T")
 P99_RATIO_TARGET = 2.0
 OTHERS = ["tenant-a", "tenant-b", "tenant-c", "tenant-d"]
 FLOOD_ENV = {
@@ -84,40 +86,46 @@ async def _during(
 def turn_away_cost(bootstrap: str, questions: list[str]) -> dict[str, Any]:
     """The flooder's `questions` (over its rate limit and its budget by now) sent at once:
     seconds until each is settled, and the stack's CPU for each refused over the rate limit."""
-    groups = Processes.of_stack()
-    before, started = cpu_seconds(groups), time.perf_counter()
-    results = asyncio.run(ask_questions(bootstrap, FLOODER, questions, 180, len(questions)))
-    seconds = time.perf_counter() - started
-    after = cpu_seconds(groups)
+    work = ask_questions(bootstrap, FLOODER, questions, 180, len(questions))
+    results, seconds, spent = _on_the_stack(work)
     refusals = [r.answer.refusal for r in results if r.answer and r.answer.refusal]
     limited = sum(1 for refusal in refusals if "rate_limited" in refusal.reasons)
-    spent = {name: after[name] - before[name] for name in groups}
-    return {
-        "questions": len(questions),
-        "rate_limited": limited,
-        "seconds": round(seconds, 2),
-        "per_s": round(len(questions) / seconds, 1),
-        "cpu_ms_each": cpu_ms_each(spent, limited),
-    }
+    return {"questions": len(questions), **_turned_away(len(questions), limited, seconds, spent)}
 
 
 def documents_turn_away_cost(bootstrap: str, texts: list[str]) -> dict[str, Any]:
     """The flooder's tiny documents `texts` (new ids) published at once, as
     `turn_away_cost` does its questions: seconds until ingest decided each, and the stack's
     CPU for each one it dead-lettered over the rate limit."""
-    groups = Processes.of_stack()
-    before, started = cpu_seconds(groups), time.perf_counter()
-    outcomes = asyncio.run(_documents_decided(bootstrap, texts))
-    seconds = time.perf_counter() - started
-    after = cpu_seconds(groups)
-    spent = {name: after[name] - before[name] for name in groups}
+    outcomes, seconds, spent = _on_the_stack(_documents_decided(bootstrap, texts))
+    limited = outcomes["rate_limited"]
     return {
         "documents": len(texts),
-        "rate_limited": outcomes["rate_limited"],
         "outcomes": dict(outcomes),
+        **_turned_away(len(texts), limited, seconds, spent),
+    }
+
+
+def _on_the_stack(work: Coroutine[Any, Any, T]) -> tuple[T, float, dict[str, float]]:
+    """Run `work`: its result, its seconds, and the CPU seconds each of the running stack's
+    process groups spent meanwhile."""
+    groups = Processes.of_stack()
+    before, started = cpu_seconds(groups), time.perf_counter()
+    result = asyncio.run(work)
+    seconds = time.perf_counter() - started
+    after = cpu_seconds(groups)
+    return result, seconds, {name: after[name] - before[name] for name in groups}
+
+
+def _turned_away(
+    count: int, limited: int, seconds: float, spent: dict[str, float]
+) -> dict[str, Any]:
+    """A fixed flood's figures: `count` sent, `limited` turned away over the rate limit."""
+    return {
+        "rate_limited": limited,
         "seconds": round(seconds, 2),
-        "per_s": round(len(texts) / seconds, 1),
-        "cpu_ms_each": cpu_ms_each(spent, outcomes["rate_limited"]),
+        "per_s": round(count / seconds, 1),
+        "cpu_ms_each": cpu_ms_each(spent, limited),
     }
 
 
