@@ -124,6 +124,10 @@ class BatchValidation:
             outcomes = []
             for event in events:  # in order; broker trouble stops the batch at once
                 outcomes.append(_raise_if_batch_wide(await self._outcome(event, stage, handle)))
+                # Let the loop run between events: one whose handling never waits (a flood's
+                # refusal is sent unawaited, its ack awaited once for the run) would else hold
+                # the loop for the whole run, and other partitions' events with it.
+                await asyncio.sleep(0)
         return [(e, o) for e, o in zip(events, outcomes, strict=True) if o is not None]
 
     async def _outcome(

@@ -1,5 +1,6 @@
 """Dead-letter classification: each kind of bad record gets a readable reason."""
 
+import asyncio
 import base64
 import json
 from collections import Counter
@@ -219,3 +220,24 @@ async def test_broker_trouble_in_one_event_fails_the_whole_batch_to_be_consumed_
         await batch.handle_each(None, "route", handle, concurrently=concurrently)
     expected = [e.event_id for e in batch.events] if concurrently else [batch.events[0].event_id]
     assert handled == expected
+
+
+@pytest.mark.asyncio
+async def test_events_handled_in_order_let_other_tasks_run_between_them() -> None:
+    """A run of events whose handling never waits (a flood's refusals: sent unawaited, acked
+    once for the run) must not hold the loop for the whole run: another partition's worker,
+    or the consumer fetching its next records, gets a turn after each event."""
+    batch = BatchValidation(TOPICS.queries)
+    batch.events = [query_event(f"Which floor is room {n} on?", "acme") for n in range(3)]
+    order: list[str] = []
+
+    async def handle(event: Any) -> None:  # never suspends
+        order.append("event")
+
+    async def other_partition() -> None:
+        order.append("other")
+
+    other = asyncio.get_running_loop().create_task(other_partition())
+    await batch.handle_each(None, "ingest", handle)
+    await other
+    assert order.index("other") < len(batch.events), order
