@@ -341,6 +341,10 @@ async def _hand_to_workers(
                 broker,
                 STAGE,
                 lambda event: handle_event(event, batch.record_of(event), outbox),
+                # A flood's refusals never wait (sent unawaited, acked once for the run):
+                # other partitions' workers, and the consumer fetching for them, get a turn
+                # after each, not after the whole run.
+                taking_turns=True,
                 attempts=ingest.settings.handler_attempts,
             )
         await batch.dead_letter_invalid(broker, STAGE)

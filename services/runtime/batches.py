@@ -80,15 +80,17 @@ class BatchValidation:
         handle: Callable[[Any], Awaitable[None]],
         *,
         concurrently: bool = False,
+        taking_turns: bool = False,
         attempts: int = 3,
         retry_wait_s: float = 0.2,
     ) -> None:
         """`handle` every valid event in its span (`concurrently`: all at once, so a model
-        batches them). An event whose handling keeps failing is tried `attempts` times (the
-        stage's `handler_attempts`, with the DLQ middleware's wait between tries), then
-        dead-lettered alone: its neighbours' effects stand and are not repeated, as they would
-        be if the whole batch were retried and dead-lettered. Broker trouble still fails the
-        batch, which is then consumed again."""
+        batches them; `taking_turns`: in order, the event loop given a turn after each, for
+        events whose handling may never wait, as a flood's refusals do). An event whose
+        handling keeps failing is tried `attempts` times (the stage's `handler_attempts`, with
+        the DLQ middleware's wait between tries), then dead-lettered alone: its neighbours'
+        effects stand and are not repeated, as they would be if the whole batch were retried
+        and dead-lettered. Broker trouble still fails the batch, which is then consumed again."""
         pending = list(self.events)
         failed: list[tuple[Any, BaseException]] = []
         try:
@@ -99,7 +101,7 @@ class BatchValidation:
                 reraise=True,
             ):
                 with attempt:
-                    failed = await self._try(pending, stage, handle, concurrently)
+                    failed = await self._try(pending, stage, handle, concurrently, taking_turns)
                     if failed:
                         pending = [event for event, _ in failed]
                         raise _EventsFailed()
@@ -113,6 +115,7 @@ class BatchValidation:
         stage: str,
         handle: Callable[[Any], Awaitable[None]],
         concurrently: bool,
+        taking_turns: bool,
     ) -> list[tuple[Any, BaseException]]:
         """One try of `events`: those that failed, with their errors."""
         if concurrently:
@@ -124,10 +127,8 @@ class BatchValidation:
             outcomes = []
             for event in events:  # in order; broker trouble stops the batch at once
                 outcomes.append(_raise_if_batch_wide(await self._outcome(event, stage, handle)))
-                # Let the loop run between events: one whose handling never waits (a flood's
-                # refusal is sent unawaited, its ack awaited once for the run) would else hold
-                # the loop for the whole run, and other partitions' events with it.
-                await asyncio.sleep(0)
+                if taking_turns:
+                    await asyncio.sleep(0)
         return [(e, o) for e, o in zip(events, outcomes, strict=True) if o is not None]
 
     async def _outcome(

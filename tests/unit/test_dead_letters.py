@@ -223,10 +223,11 @@ async def test_broker_trouble_in_one_event_fails_the_whole_batch_to_be_consumed_
 
 
 @pytest.mark.asyncio
-async def test_events_handled_in_order_let_other_tasks_run_between_them() -> None:
+async def test_events_handled_taking_turns_let_other_tasks_run_between_them() -> None:
     """A run of events whose handling never waits (a flood's refusals: sent unawaited, acked
-    once for the run) must not hold the loop for the whole run: another partition's worker,
-    or the consumer fetching its next records, gets a turn after each event."""
+    once for the run) must not hold the loop for the whole run: with `taking_turns` (ingest's
+    partition workers), another partition's worker, or the consumer fetching its next
+    records, gets a turn after each event."""
     batch = BatchValidation(TOPICS.queries)
     batch.events = [query_event(f"Which floor is room {n} on?", "acme") for n in range(3)]
     order: list[str] = []
@@ -238,6 +239,6 @@ async def test_events_handled_in_order_let_other_tasks_run_between_them() -> Non
         order.append("other")
 
     other = asyncio.get_running_loop().create_task(other_partition())
-    await batch.handle_each(None, "ingest", handle)
+    await batch.handle_each(None, "ingest", handle, taking_turns=True)
     await other
     assert order.index("other") < len(batch.events), order
