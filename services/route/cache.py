@@ -9,6 +9,14 @@ cache's size (a filtered scroll is a scan in local mode: 12.5 ms at 500 answers)
 changed document gives it a new corpus version, and its older entries stop matching and are
 deleted. An in-process LRU sits in front of the exact lookups.
 
+In Qdrant's local mode a delete by filter checks every point of the collection in Python, so
+dropping a tenant's older entries that way cost every other tenant's cached answers: a
+flooder's accepted documents, each a new corpus version, held route's event loop 100-400 ms
+each (bench/README.md, tenant flood 2026-12-07 14:35 UTC). So in local mode the cache keeps
+its own map of each tenant's entries (read once at start; the process that opens a local
+store is its only writer) and deletes the older ones by id, as `VectorIndex` does a
+document's stale points.
+
 >>> cache = AnswerCache(index.client, "ragstream_answers")  # doctest: +SKIP
 >>> await cache.lookup_exact("acme", question_hash, version)  # doctest: +SKIP
 """
@@ -23,13 +31,15 @@ from typing import Any
 from qdrant_client import AsyncQdrantClient, models
 
 from contracts.v1 import AnswerV1
-from services.route.index import TENANT_FIELD, VECTOR_SIZE
+from services.route.index import SCROLL_PAGE, TENANT_FIELD, VECTOR_SIZE
 from services.route.local_search import query_filtered
 from services.runtime.lru import Lru
 
 _NAMESPACE = uuid.UUID("6f1d3c2a-2b8e-4f4e-9d55-6b1f0a7e9c11")
 _CORPUS_VECTOR = [1.0] + [0.0] * (VECTOR_SIZE - 1)
 INITIAL_CORPUS_VERSION = "0"
+#: The kinds of point that hold a question's answer (the corpus version's point is kept).
+CACHED_KINDS = ("answer", "exact")
 
 
 def _point_id(*parts: str) -> str:
@@ -67,6 +77,8 @@ class AnswerCache:
         self.collection = collection
         self.local = local  # Qdrant's local mode: see local_search
         self._lru: Lru[tuple[str, ...], CacheHit] = Lru(lru_entries)
+        #: Local mode: each tenant's entries (pending, ready and exact points), id -> version.
+        self._entries: dict[str, dict[str, str]] = {}
 
     async def warm_up(self) -> None:
         if not await self.client.collection_exists(self.collection):
@@ -76,6 +88,30 @@ class AnswerCache:
                     size=VECTOR_SIZE, distance=models.Distance.COSINE
                 ),
             )
+        if self.local:
+            await self._map_entries()
+
+    async def _map_entries(self) -> None:
+        offset = None
+        while True:
+            points, offset = await self.client.scroll(
+                self.collection,
+                limit=SCROLL_PAGE,
+                offset=offset,
+                with_payload=["kind", TENANT_FIELD, "corpus_version"],
+            )
+            for point in points:
+                payload = point.payload or {}
+                if payload.get("kind") in CACHED_KINDS:
+                    self._remember(
+                        str(payload[TENANT_FIELD]), str(point.id), str(payload["corpus_version"])
+                    )
+            if offset is None:
+                return
+
+    def _remember(self, tenant_id: str, point_id: str, version: str) -> None:
+        if self.local:
+            self._entries.setdefault(tenant_id, {})[point_id] = version
 
     async def corpus_version(self, tenant_id: str) -> str:
         points = await self.client.retrieve(self.collection, [_point_id("corpus", tenant_id)])
@@ -96,7 +132,10 @@ class AnswerCache:
             ],
             wait=True,
         )
-        cached = models.FieldCondition(key="kind", match=models.MatchAny(any=["answer", "exact"]))
+        if self.local:
+            await self._drop_older_by_id(tenant_id, version)
+            return
+        cached = models.FieldCondition(key="kind", match=models.MatchAny(any=list(CACHED_KINDS)))
         stale = models.Filter(
             must=[cached, _match(TENANT_FIELD, tenant_id)],
             must_not=[_match("corpus_version", version)],
@@ -104,6 +143,16 @@ class AnswerCache:
         await self.client.delete(
             self.collection, points_selector=models.FilterSelector(filter=stale), wait=True
         )
+
+    async def _drop_older_by_id(self, tenant_id: str, version: str) -> None:
+        entries = self._entries.get(tenant_id, {})
+        older = sorted(point_id for point_id, v in entries.items() if v != version)
+        if older:
+            await self.client.delete(
+                self.collection, points_selector=models.PointIdsList(points=older), wait=True
+            )
+            for point_id in older:
+                del entries[point_id]
 
     def _ready(self, tenant_id: str, version: str) -> list[models.Condition]:
         return [
@@ -172,10 +221,10 @@ class AnswerCache:
             "corpus_version": version,
             "ready": False,
         }
-        point = models.PointStruct(
-            id=_point_id("answer", tenant_id, request_id), vector=list(vector), payload=payload
-        )
+        point_id = _point_id("answer", tenant_id, request_id)
+        point = models.PointStruct(id=point_id, vector=list(vector), payload=payload)
         await self.client.upsert(self.collection, points=[point], wait=True)
+        self._remember(tenant_id, point_id, version)
 
     async def store_answer(self, answer: AnswerV1) -> bool:
         """Fill the pending entry of `answer`'s request; False when there is none (a cache hit,
@@ -199,10 +248,12 @@ class AnswerCache:
             "corpus_version": key[2],
             "answer": stored,
         }
+        exact_id = _exact_id(*key)
         await self.client.upsert(
             self.collection,
-            points=[models.PointStruct(id=_exact_id(*key), vector=_CORPUS_VECTOR, payload=exact)],
+            points=[models.PointStruct(id=exact_id, vector=_CORPUS_VECTOR, payload=exact)],
             wait=True,
         )
+        self._remember(answer.tenant_id, exact_id, key[2])
         self._lru.put(key, CacheHit(answer, "exact", 1.0, answer.request_id))
         return True

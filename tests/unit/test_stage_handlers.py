@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import gc
 import importlib
 import inspect
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from services.runtime.dead_letters import DeadLetterMiddleware
 from services.runtime.loop_context import LoopContext
 from services.runtime.publishing import event_bytes, strict_json_decoder
 from services.runtime.settings import IngestSettings, RouteSettings
+from services.runtime.stage import freeze_startup_objects, load_stage_app
 from tests.unit.test_vector_index import chunk_set, vector_event
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -285,3 +287,28 @@ async def test_route_indexing_waits_for_questions_at_most_its_budget_a_batch(
         await asyncio.wait_for(route_stage.index_chunk_vectors([], message, broker, route), 2)
         assert await route.index.count("acme") == 3
     await route.index.close()
+
+
+@pytest.mark.parametrize("stage", STAGE_APPS)
+async def test_every_stage_freezes_what_it_holds_once_started(stage: str) -> None:
+    app = load_stage_app(stage)
+    # FastStream keeps an app's after-startup hooks in this list, each wrapped (fast_depends)
+    hooks = [getattr(hook, "__wrapped__", hook) for hook in app._after_startup_calling]
+    assert freeze_startup_objects in hooks
+
+
+async def test_frozen_objects_are_left_out_of_full_collections() -> None:
+    held = [[i] for i in range(1000)]  # lists: the collector tracks every one
+    assert all(gc.is_tracked(o) for o in held)
+    before = gc.get_freeze_count()
+    try:
+        await freeze_startup_objects()
+        assert gc.get_freeze_count() >= before + len(held)
+        scanned = {id(o) for o in gc.get_objects(generation=2)}
+        assert not any(id(o) in scanned for o in held)
+        later = [[i] for i in range(10)]
+        gc.collect()
+        scanned = {id(o) for o in gc.get_objects(generation=2)}
+        assert all(id(o) in scanned for o in later)  # what comes after is still collected
+    finally:
+        gc.unfreeze()

@@ -276,6 +276,52 @@ async def test_exact_hits_are_read_by_key_and_a_new_corpus_version_drops_them(
     assert kinds == ["answer:beta", "corpus:acme"], kinds
 
 
+async def _answered(cache: AnswerCache, tenant: str, request_id: str, version: str) -> None:
+    """A question of `tenant` sent to generation under corpus `version`, and its answer."""
+    await cache.remember_pending(tenant, request_id, f"hash-{request_id}", unit_vector(3), version)
+    answer = AnswerV1(
+        tenant_id=tenant, correlation_id="c", produced_by=ROUTE, request_id=request_id,
+        question="How many desks?", answer="Twenty.", tier="extractive", latency_ms=5.0,
+    )  # fmt: skip
+    assert await cache.store_answer(answer)
+
+
+@pytest.mark.parametrize("local", [True, False])
+async def test_a_new_corpus_version_drops_that_tenants_older_entries_only(
+    tmp_path: Path, local: bool
+) -> None:
+    """acme's and beta's entries under v1, written before the store was opened again (local
+    mode reads its map of the cache's entries at start), and acme's under v2: acme's new
+    corpus version v2 drops acme's v1 entries, ready and pending, and nothing else. Local
+    mode drops them by id, a server by filter (`local=False` here: the same local store
+    asked as a server is), and both leave the same points."""
+    first = VectorIndex(path=tmp_path / "qdrant", collection="chunks")
+    await first.warm_up()
+    cache = AnswerCache(first.client, "answers", lru_entries=0, local=local)
+    await cache.warm_up()
+    await _answered(cache, "acme", "r1", "v1")
+    await _answered(cache, "beta", "r2", "v1")
+    await cache.remember_pending("acme", "r3", "hash-r3", unit_vector(5), "v1")  # no answer
+    await first.close()
+    index = VectorIndex(path=tmp_path / "qdrant", collection="chunks")
+    await index.warm_up()
+    cache = AnswerCache(index.client, "answers", lru_entries=0, local=local)
+    await cache.warm_up()
+    await _answered(cache, "acme", "r4", "v2")
+    await cache.new_corpus_version("acme", "v2")
+    left, _ = await index.client.scroll("answers", limit=100, with_payload=True)
+    found = sorted(
+        f"{p['kind']}:{p['tenant_id']}:{p['corpus_version']}"
+        for p in (q.payload or {} for q in left)
+    )
+    assert found == [
+        "answer:acme:v2", "answer:beta:v1", "corpus:acme:v2", "exact:acme:v2", "exact:beta:v1"
+    ]  # fmt: skip
+    assert await cache.lookup_exact("acme", "hash-r4", "v2") is not None
+    assert await cache.lookup_exact("beta", "hash-r2", "v1") is not None
+    await index.close()
+
+
 @pytest.mark.parametrize("threshold", [None, 0.05])
 async def test_local_mode_queries_return_what_the_filtered_query_returns(
     index: VectorIndex, threshold: float | None
