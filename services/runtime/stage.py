@@ -21,6 +21,7 @@ from services.runtime.kafka_admin import broker_answers, ensure_topics, wait_for
 from services.runtime.kafka_security import librdkafka_security
 from services.runtime.runstate import resolve_bootstrap
 from services.runtime.settings import RuntimeSettings
+from services.runtime.stalls import watching_stalls
 from services.runtime.tracing import traced_process
 
 #: Stages built so far, in pipeline order. `ragstream up` runs each of them.
@@ -114,6 +115,7 @@ def stage_app(
             checks = broker_checks(broker, settings)
             async with AsyncExitStack() as opened:
                 health = await opened.enter_async_context(serving_health(stage, settings, checks))
+                await opened.enter_async_context(watching_stalls(stage))
                 # Not ready while its stores open (route waits out an unreachable Qdrant).
                 health.checks[OPENING] = _opening
                 async with _stoppable(app, stage):

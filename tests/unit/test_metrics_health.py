@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -24,6 +26,7 @@ from services.runtime.health import HealthServer, serving_health, stage_endpoint
 from services.runtime.metrics import OwnedPartitions, cache_decided, records_consumed
 from services.runtime.publishing import event_bytes, publish_event
 from services.runtime.settings import RuntimeSettings
+from services.runtime.stalls import LAG_PROBE_S, watching_stalls
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -211,3 +214,29 @@ async def test_status_probe_reads_owned_partitions_rates_and_checks(tmp_path: Pa
     await owned.on_partitions_revoked({TopicPartition(topic, 5)})
     gone = await asyncio.to_thread(probe_stage, endpoints)  # the server has stopped
     assert gone.processes_answering == 0 and gone.partitions_owned == {}
+
+
+def _observed(name: str, labels: dict[str, str], at_least: float) -> float:
+    """How many of histogram `name`'s observations with `labels` were above `at_least` s."""
+    everything = REGISTRY.get_sample_value(f"{name}_count", labels) or 0.0
+    below = REGISTRY.get_sample_value(f"{name}_bucket", {**labels, "le": str(at_least)}) or 0.0
+    return everything - below
+
+
+async def test_a_step_that_holds_the_loop_and_a_full_collection_are_on_the_metrics() -> None:
+    """A step that blocks the loop 0.5 s shows as a lag of over 0.25 s; a full collection is
+    timed under generation 2; once closed, the stage's collections are no longer timed."""
+    lag_before = _observed("ragstream_event_loop_lag_seconds", {"stage": "probe"}, 0.25)
+    full = {"stage": "probe", "generation": "2"}
+    async with watching_stalls("probe"):
+        await asyncio.sleep(LAG_PROBE_S / 2)  # the sampler is asleep now
+        time.sleep(0.5)  # noqa: ASYNC251 (a step that never awaits, on purpose)
+        await asyncio.sleep(2 * LAG_PROBE_S)  # it wakes, late
+        gc.collect()
+        assert _observed("ragstream_event_loop_lag_seconds", {"stage": "probe"}, 0.25) >= (
+            lag_before + 1
+        )
+        timed = REGISTRY.get_sample_value("ragstream_gc_pause_seconds_count", full)
+        assert timed is not None and timed >= 1
+    gc.collect()
+    assert REGISTRY.get_sample_value("ragstream_gc_pause_seconds_count", full) == timed
