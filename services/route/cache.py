@@ -12,9 +12,9 @@ deleted. An in-process LRU sits in front of the exact lookups.
 In Qdrant's local mode a delete by filter checks every point of the collection in Python, so
 dropping a tenant's older entries that way cost every other tenant's cached answers: a
 flooder's accepted documents, each a new corpus version, held route's event loop 100-400 ms
-each (bench/README.md, tenant flood 2026-12-07 14:35 UTC). So in local mode the cache keeps
-its own map of each tenant's entries (read once at start; the process that opens a local
-store is its only writer) and deletes the older ones by id, as `VectorIndex` does a
+each (bench/README.md, "Tenant flood, 2026-12-07 14:05-15:55 UTC"). So in local mode the
+cache keeps its own map of each tenant's entries (read once at start; the process that opens
+a local store is its only writer) and deletes the older ones by id, as `VectorIndex` does a
 document's stale points.
 
 >>> cache = AnswerCache(index.client, "ragstream_answers")  # doctest: +SKIP

@@ -136,9 +136,9 @@ async def freeze_startup_objects() -> None:
 
     A full collection walks every object the collector tracks, with the event loop stopped:
     route holds ~160,000 once started, and under a tenant's flood (2 cores busy) its full
-    collections held its loop 110-500 ms each, eight times in a run (bench/README.md, tenant
-    flood 2026-12-07 14:07 UTC). Frozen objects are still freed by reference counting; only a
-    reference cycle among them would stay. The garbage of startup is collected first."""
+    collections held its loop 110-600 ms each, 8-12 times in a run (bench/README.md, "Tenant
+    flood, 2026-12-07 14:05-15:55 UTC"). Frozen objects are still freed by reference counting;
+    only a reference cycle among them would stay. The garbage of startup is collected first."""
     gc.collect()
     gc.freeze()
 
