@@ -31,7 +31,7 @@ from typing import Any
 from qdrant_client import AsyncQdrantClient, models
 
 from contracts.v1 import AnswerV1
-from services.route.index import SCROLL_PAGE, TENANT_FIELD, VECTOR_SIZE
+from services.route.index import TENANT_FIELD, VECTOR_SIZE, every_point
 from services.route.local_search import query_filtered
 from services.runtime.lru import Lru
 
@@ -92,22 +92,12 @@ class AnswerCache:
             await self._map_entries()
 
     async def _map_entries(self) -> None:
-        offset = None
-        while True:
-            points, offset = await self.client.scroll(
-                self.collection,
-                limit=SCROLL_PAGE,
-                offset=offset,
-                with_payload=["kind", TENANT_FIELD, "corpus_version"],
-            )
-            for point in points:
-                payload = point.payload or {}
-                if payload.get("kind") in CACHED_KINDS:
-                    self._remember(
-                        str(payload[TENANT_FIELD]), str(point.id), str(payload["corpus_version"])
-                    )
-            if offset is None:
-                return
+        fields = ["kind", TENANT_FIELD, "corpus_version"]
+        async for point in every_point(self.client, self.collection, fields):
+            payload = point.payload or {}
+            if payload.get("kind") in CACHED_KINDS:
+                tenant_id, version = str(payload[TENANT_FIELD]), str(payload["corpus_version"])
+                self._remember(tenant_id, str(point.id), version)
 
     def _remember(self, tenant_id: str, point_id: str, version: str) -> None:
         if self.local:

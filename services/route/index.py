@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,21 @@ def _document_of(tenant_id: str, doc_id: str) -> list[models.Condition]:
 
 #: Points read a page at a time when local mode's document map is built.
 SCROLL_PAGE = 1000
+
+
+async def every_point(
+    client: AsyncQdrantClient, collection: str, payload_fields: list[str]
+) -> AsyncIterator[models.Record]:
+    """Every point of `collection` with `payload_fields`, read `SCROLL_PAGE` at a time."""
+    offset = None
+    while True:
+        points, offset = await client.scroll(
+            collection, limit=SCROLL_PAGE, offset=offset, with_payload=payload_fields
+        )
+        for point in points:
+            yield point
+        if offset is None:
+            return
 
 
 class VectorIndex:
@@ -113,20 +128,10 @@ class VectorIndex:
         self._client = client
 
     async def _map_documents(self, client: AsyncQdrantClient) -> None:
-        offset = None
-        while True:
-            points, offset = await client.scroll(
-                self.collection,
-                limit=SCROLL_PAGE,
-                offset=offset,
-                with_payload=[TENANT_FIELD, "doc_id"],
-            )
-            for point in points:
-                payload = point.payload or {}
-                key = (str(payload.get(TENANT_FIELD)), str(payload.get("doc_id")))
-                self._documents.setdefault(key, set()).add(_point_key(str(point.id)))
-            if offset is None:
-                return
+        async for point in every_point(client, self.collection, [TENANT_FIELD, "doc_id"]):
+            payload = point.payload or {}
+            key = (str(payload.get(TENANT_FIELD)), str(payload.get("doc_id")))
+            self._documents.setdefault(key, set()).add(_point_key(str(point.id)))
 
     @property
     def local(self) -> bool:
