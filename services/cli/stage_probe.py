@@ -3,8 +3,9 @@
 Every stage process serves `/metrics` and `/readyz` (`services.runtime.health`) and says where
 in its endpoint file. A probe reads both from each process of a stage and sums them: the
 partitions each consumer owns now, the events it consumed and published so far (counters, so
-two probes a moment apart give events per second), and its readiness checks (Qdrant for route,
-Triton for embed and generate).
+two probes a moment apart give events per second), how often its event loop was held over
+`STALL_S` (`services.runtime.stalls`: a stall holds every handler of the process), and its
+readiness checks (Qdrant for route, Triton for embed and generate).
 
 >>> first = probe_stage(stage_endpoints(data_dir, "embed"))  # doctest: +SKIP
 >>> rates(first, probe_stage(stage_endpoints(data_dir, "embed")))  # doctest: +SKIP
@@ -24,6 +25,10 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 _TIMEOUT_S = 2.0
+#: A lag sample over this is a stall (a bucket of `ragstream_event_loop_lag_seconds`): the loop
+#: was held longer than a question's whole hop takes when idle.
+STALL_S = 0.1
+_STALL_LE = str(STALL_S)
 
 
 @dataclass
@@ -36,6 +41,9 @@ class StageProbe:
     partitions_owned: dict[str, dict[int, int]] = field(default_factory=dict)
     events_in: float = 0.0
     events_out: float = 0.0
+    #: The loop-lag samples taken so far, and those of them over `STALL_S` (since each start).
+    lag_samples: float = 0.0
+    stalls: float = 0.0
     #: check name → ready, over every process (False if any process says False).
     checks: dict[str, bool] = field(default_factory=dict)
 
@@ -58,6 +66,12 @@ def _read_metrics(text: str, pid: int, probe: StageProbe) -> None:
                 probe.events_in += sample.value
             elif sample.name == "ragstream_events_out_total":
                 probe.events_out += sample.value
+            elif sample.name == "ragstream_event_loop_lag_seconds_count":
+                probe.lag_samples += sample.value
+                probe.stalls += sample.value
+            elif sample.name == "ragstream_event_loop_lag_seconds_bucket":
+                if sample.labels.get("le") == _STALL_LE:  # samples at most STALL_S
+                    probe.stalls -= sample.value
 
 
 def probe_stage(endpoints: Iterable[Mapping[str, Any]]) -> StageProbe:
@@ -88,3 +102,15 @@ def rates(earlier: StageProbe, later: StageProbe) -> dict[str, float | None]:
         "in_per_s": round(max(0.0, later.events_in - earlier.events_in) / seconds, 2),
         "out_per_s": round(max(0.0, later.events_out - earlier.events_out) / seconds, 2),
     }
+
+
+def stalls(earlier: StageProbe | None, later: StageProbe) -> dict[str, float | None]:
+    """How often the stage's loop was held over `STALL_S`: since its processes started, and
+    out of how many samples between two probes (None without an earlier one)."""
+    window: dict[str, float | None] = {"samples": None, "stalls": None}
+    if earlier is not None:
+        window = {
+            "samples": max(0.0, later.lag_samples - earlier.lag_samples),
+            "stalls": max(0.0, later.stalls - earlier.stalls),
+        }
+    return {"over_s": STALL_S, "since_start": later.stalls, **window}

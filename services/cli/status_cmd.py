@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from rich.table import Table
 
 from contracts.registry import TOPICS, TopicSpec
-from services.cli.stage_probe import StageProbe, probe_stage, rates
+from services.cli.stage_probe import StageProbe, probe_stage, rates, stalls
 from services.runtime.broker import consumer_group
 from services.runtime.health import stage_endpoints
 from services.runtime.kafka_admin import broker_answers
@@ -116,6 +116,7 @@ class StatusSampler:
                 "ready": ready,
                 "topics": topics,
                 "events_per_s": rates(earlier, probe) if earlier else None,
+                "loop_stalls": stalls(earlier, probe),
                 "checks": probe.checks,
                 "metrics_urls": [e["metrics_url"] for e in endpoints],
             }
@@ -181,6 +182,17 @@ def _rate_cell(info: dict[str, Any]) -> str:
     return f"{rate['in_per_s']:g} / {rate['out_per_s']:g}"
 
 
+def _stalls_cell(info: dict[str, Any]) -> str:
+    """Samples of the loop held over the threshold: in the window, of how many, and in all."""
+    held = info.get("loop_stalls")
+    if not held or not info.get("pids"):
+        return "-"
+    since = f"{held['since_start']:g} since start"
+    if held.get("samples") is None:
+        return since
+    return f"{held['stalls']:g}/{held['samples']:g}, {since}"
+
+
 def _owned_cell(topic: dict[str, Any]) -> str:
     owned = topic.get("partitions_owned") or {}
     if not topic.get("partitions"):
@@ -194,8 +206,8 @@ def status_table(status: dict[str, Any]) -> Table:
     ready = "[green]ready[/]" if status["ready"] else "[red]not ready[/]"
     broker = "reachable" if status["broker"]["reachable"] else "[red]unreachable[/]"
     table = Table(title=f"ragstream {ready} — broker {status['bootstrap_servers']} {broker}")
-    columns = ("stage", "consumers", "ready", "in/s out/s", "topic", "owned (pid:partitions)")
-    for column in (*columns, "events", "lag"):
+    for column in ("stage", "consumers", "ready", "in/s out/s", "loop held > 0.1 s", "topic",
+                   "owned (pid:partitions)", "events", "lag"):  # fmt: skip
         table.add_column(column)
     for stage, info in status["stages"].items():
         rows = list(info["topics"].items()) or [("", {})]
@@ -206,6 +218,7 @@ def status_table(status: dict[str, Any]) -> Table:
                 str(info["consumers_alive"]) if first else "",
                 ("yes" if info["ready"] else "[red]no[/]") if first else "",
                 _rate_cell(info) if first else "",
+                _stalls_cell(info) if first else "",
                 topic,
                 _owned_cell(t),
                 str(t.get("events", "")),

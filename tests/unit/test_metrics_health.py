@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.registry import TOPICS
 from contracts.v1 import AlertV1, ProducedBy
-from services.cli.stage_probe import probe_stage, rates
+from services.cli.stage_probe import STALL_S, probe_stage, rates, stalls
 from services.cli.status_cmd import collect_status
 from services.runtime.broker import make_broker
 from services.runtime.dead_letters import dead_letter_for, publish_dead_letter
@@ -240,3 +240,26 @@ async def test_a_step_that_holds_the_loop_and_a_full_collection_are_on_the_metri
         assert timed is not None and timed >= 1
     gc.collect()
     assert REGISTRY.get_sample_value("ragstream_gc_pause_seconds_count", full) == timed
+
+
+async def test_status_counts_the_times_a_stage_held_its_loop(tmp_path: Path) -> None:
+    """`ragstream status` reads each process's loop-lag histogram: a step that blocks the loop
+    0.3 s is a stall over `STALL_S` in the window between two probes and since start; the
+    samples taken on time are not."""
+    settings = RuntimeSettings(data_dir=tmp_path, bootstrap_servers="127.0.0.1:1")
+    async with serving_health("validate", settings, {}), watching_stalls("validate"):
+        endpoints = stage_endpoints(tmp_path, "validate")
+        first = await asyncio.to_thread(probe_stage, endpoints)
+        await asyncio.sleep(LAG_PROBE_S / 2)  # the sampler is asleep now
+        time.sleep(3 * STALL_S)  # noqa: ASYNC251 (a step that never awaits, on purpose)
+        await asyncio.sleep(4 * LAG_PROBE_S)  # it wakes late, then on time a few times
+        second = await asyncio.to_thread(probe_stage, endpoints)
+        status = await asyncio.to_thread(collect_status, settings, 0)
+    held = stalls(first, second)
+    assert held["over_s"] == STALL_S
+    assert held["stalls"] is not None and held["stalls"] >= 1
+    assert held["samples"] is not None and held["samples"] > held["stalls"]  # on time: none
+    assert second.stalls >= held["stalls"] and second.lag_samples >= held["samples"]
+    shown = status["stages"]["validate"]["loop_stalls"]
+    assert shown["since_start"] >= 1 and shown["samples"] is None  # no window: one probe
+    assert stalls(None, second)["stalls"] is None
