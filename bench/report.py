@@ -196,7 +196,25 @@ def _flood(b: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
          _verdict(b["met"])),
         *_stages(name, others["baseline"].get("stages", {}),
                  others["during"].get("stages", {}), "during the flood"),
+        *_stalls(name, b.get("loop_stalls")),
     ]  # fmt: skip
+
+
+def _stalls(name: str, held: dict[str, Any] | None) -> list[tuple[str, str, str, str, str]]:
+    """A row of how often each stage's loop was held, without and during the flood (since
+    2026-12-07 19:00 UTC)."""
+    if held is None:
+        return []
+
+    def cell(counts: dict[str, Any]) -> str:
+        return f"{counts['stalls']:g}/{counts['samples']:g}"
+
+    by_stage = ", ".join(
+        f"{stage} {cell(without)} → {cell(held['during'][stage])}"
+        for stage, without in held["baseline"].items()
+    )
+    return [(name, f"loop held > {held['over_s']:g} s: samples late / taken, without → during "
+             "the flood", by_stage, "", "")]  # fmt: skip
 
 
 def _turn_away(
@@ -206,11 +224,15 @@ def _turn_away(
     if t is None:
         return []
     cpu = t["cpu_ms_each"]
+    value = (f"{t['per_s']} {what}/s; CPU {cpu['total']} ms each (broker {cpu['broker']}, "
+             f"stages {cpu['stages']}, Triton {cpu['triton']})")  # fmt: skip
+    if beyond := t.get("cpu_ms_each_beyond_idle"):  # since 2026-12-07 19:00 UTC
+        stages = ", ".join(f"{s} {ms}" for s, ms in beyond["by_stage"].items())
+        value += (f"; beyond the idle stack's: {beyond['total']} ms (broker "
+                  f"{beyond['broker']}, {stages})")  # fmt: skip
     return [
         (name, f"the flooder's {t[what]} {what} at once: {t['rate_limited']} "
-         f"{done} over its rate limit in {t['seconds']} s",
-         f"{t['per_s']} {what}/s; CPU {cpu['total']} ms each (broker {cpu['broker']}, "
-         f"stages {cpu['stages']}, Triton {cpu['triton']})", "", ""),
+         f"{done} over its rate limit in {t['seconds']} s", value, "", ""),
     ]  # fmt: skip
 
 

@@ -290,6 +290,7 @@ def tenant_flood(
             tiny,
             asked,
             _command(args, "tenant_flood"),
+            work / "flood",
         )
 
 

@@ -19,10 +19,13 @@ same questions, each by other tenants than in the other phase (`both_phases`), s
 takes the whole path (the exact cache is per tenant). The flooder counts its events by
 outcome and says whether its limits held (`flooder_counts`).
 Ratio: the others' p99 during the flood / without, over their answered (not refused) questions.
+Before and after each phase every stage's metrics are read (`ragstream status`'s probe): how
+many of its event loop's lag samples (ten a second) were late by over `STALL_S` in each phase.
 The ratio alone cannot show what a flood costs (a faster ingest settles a wave sooner, so its
 burst is sharper). So, last, the flooder's questions are sent twice over at once (a fixed
 amount of work) and the benchmark times their turning-away and reads the CPU each costs the
-stack (broker, stages, Triton; the idle stack's polling included).
+stack (broker, stages, Triton; the idle stack's polling included), and the CPU each beyond the
+idle stack's rate, read over `IDLE_S` just before.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from bench.flooder import (
@@ -55,8 +59,15 @@ from bench.measure import (
 from bench.query_path import stage_breakdown
 from bench.upstream import document_events, publish_documents
 from services.cli.ask_cmd import AskResult, ask_questions
+from services.cli.stage_probe import STALL_S, StageProbe, probe_stage, stalls
+from services.runtime.health import stage_endpoints
+from services.runtime.stage import STAGES
 
 T = TypeVar("T")
+#: Before each fixed flood: seconds for the last phase's work to end, then seconds over which
+#: the idle stack's CPU rate is read (its consumers' polling, which a flood's CPU includes).
+SETTLE_S = 2.0
+IDLE_S = 5.0
 P99_RATIO_TARGET = 2.0
 OTHERS = ["tenant-a", "tenant-b", "tenant-c", "tenant-d"]
 FLOOD_ENV = {
@@ -87,45 +98,60 @@ def turn_away_cost(bootstrap: str, questions: list[str]) -> dict[str, Any]:
     """The flooder's `questions` (over its rate limit and its budget by now) sent at once:
     seconds until each is settled, and the stack's CPU for each refused over the rate limit."""
     work = ask_questions(bootstrap, FLOODER, questions, 180, len(questions))
-    results, seconds, spent = _on_the_stack(work)
+    results, seconds, spent, idle = _on_the_stack(work)
     refusals = [r.answer.refusal for r in results if r.answer and r.answer.refusal]
     limited = sum(1 for refusal in refusals if "rate_limited" in refusal.reasons)
-    return {"questions": len(questions), **_turned_away(len(questions), limited, seconds, spent)}
+    return {
+        "questions": len(questions),
+        **_turned_away(len(questions), limited, seconds, spent, idle),
+    }
 
 
 def documents_turn_away_cost(bootstrap: str, texts: list[str]) -> dict[str, Any]:
     """The flooder's tiny documents `texts` (new ids) published at once, as
     `turn_away_cost` does its questions: seconds until ingest decided each, and the stack's
     CPU for each one it dead-lettered over the rate limit."""
-    outcomes, seconds, spent = _on_the_stack(_documents_decided(bootstrap, texts))
+    outcomes, seconds, spent, idle = _on_the_stack(_documents_decided(bootstrap, texts))
     limited = outcomes["rate_limited"]
     return {
         "documents": len(texts),
         "outcomes": dict(outcomes),
-        **_turned_away(len(texts), limited, seconds, spent),
+        **_turned_away(len(texts), limited, seconds, spent, idle),
     }
 
 
-def _on_the_stack(work: Coroutine[Any, Any, T]) -> tuple[T, float, dict[str, float]]:
-    """Run `work`: its result, its seconds, and the CPU seconds each of the running stack's
-    process groups spent meanwhile."""
+def _on_the_stack(
+    work: Coroutine[Any, Any, T],
+) -> tuple[T, float, dict[str, float], dict[str, float]]:
+    """Run `work`: its result, its seconds, the CPU seconds each of the running stack's
+    process groups spent meanwhile, and each group's CPU seconds a second while idle just
+    before (`IDLE_S`, after `SETTLE_S` for what came before to end)."""
     groups = Processes.of_stack()
+    time.sleep(SETTLE_S)
+    idle_from = cpu_seconds(groups)
+    time.sleep(IDLE_S)
     before, started = cpu_seconds(groups), time.perf_counter()
     result = asyncio.run(work)
     seconds = time.perf_counter() - started
     after = cpu_seconds(groups)
-    return result, seconds, {name: after[name] - before[name] for name in groups}
+    spent = {name: after[name] - before[name] for name in groups}
+    return result, seconds, spent, {n: (before[n] - idle_from[n]) / IDLE_S for n in groups}
 
 
 def _turned_away(
-    count: int, limited: int, seconds: float, spent: dict[str, float]
+    count: int, limited: int, seconds: float, spent: dict[str, float], idle: dict[str, float]
 ) -> dict[str, Any]:
-    """A fixed flood's figures: `count` sent, `limited` turned away over the rate limit."""
+    """A fixed flood's figures: `count` sent, `limited` turned away over the rate limit; the
+    CPU each, and the CPU each beyond what the idle stack (`idle`, a second) spends anyway
+    in as long: embed, which never sees a refusal, spent 0.2-0.3 ms a refused question."""
+    beyond = {name: max(0.0, spent[name] - idle[name] * seconds) for name in spent}
     return {
         "rate_limited": limited,
         "seconds": round(seconds, 2),
         "per_s": round(count / seconds, 1),
         "cpu_ms_each": cpu_ms_each(spent, limited),
+        "idle_cores": {name: round(rate, 3) for name, rate in idle.items()},
+        "cpu_ms_each_beyond_idle": cpu_ms_each(beyond, limited),
     }
 
 
@@ -138,6 +164,21 @@ async def _documents_decided(bootstrap: str, texts: list[str]) -> Counter[str]:
         await publish_documents(bootstrap, documents)
         await decisions.settled(180)
     return decisions.counted(ids)
+
+
+def _probed(data_dir: Path) -> dict[str, StageProbe]:
+    """Each stage's metrics now (the stack under `data_dir`)."""
+    return {stage: probe_stage(stage_endpoints(data_dir, stage)) for stage in STAGES}
+
+
+def _loop_stalls(
+    before: dict[str, StageProbe], after: dict[str, StageProbe]
+) -> dict[str, dict[str, float | None]]:
+    """Per stage, its loop-lag samples between two probes and those over `STALL_S`."""
+    return {
+        stage: {key: stalls(before[stage], after[stage])[key] for key in ("stalls", "samples")}
+        for stage in STAGES
+    }
 
 
 def both_phases(questions: list[str]) -> tuple[list[str], list[str]]:
@@ -171,16 +212,21 @@ def flood_figures(
     flood_texts: list[str],
     flood_questions: list[str],
     command: str,
+    data_dir: Path,
 ) -> dict[str, Any]:
-    """The others' baseline, then the same tenants during the flood; p99 ratio and counts."""
+    """The others' baseline, then the same tenants during the flood; p99 ratio and counts;
+    how often each stage's loop was held in each phase (the stack under `data_dir`)."""
     quiet_lineage: Lineage = (triton_url, {})
     busy_lineage: Lineage = (triton_url, {})
+    probes = [_probed(data_dir)]
     baseline = asyncio.run(
         ask_one_at_a_time(bootstrap, OTHERS, baseline_questions, lineage=quiet_lineage)
     )
+    probes.append(_probed(data_dir))
     during, counts = asyncio.run(
         _during(bootstrap, during_questions, flood_texts, flood_questions, busy_lineage)
     )
+    probes.append(_probed(data_dir))
     turn_away = turn_away_cost(bootstrap, 2 * flood_questions)
     turn_away_documents = documents_turn_away_cost(bootstrap, 2 * flood_texts)
     quiet, busy = spread(pipeline_ms(baseline)), spread(pipeline_ms(during))
@@ -201,6 +247,11 @@ def flood_figures(
                 "end_to_end_ms": busy,
                 "stages": stage_breakdown(busy_lineage[1]),
             },
+        },
+        "loop_stalls": {
+            "over_s": STALL_S,
+            "baseline": _loop_stalls(probes[0], probes[1]),
+            "during": _loop_stalls(probes[1], probes[2]),
         },
         "flooder": counts,
         "turn_away": turn_away,
