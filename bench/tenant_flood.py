@@ -59,9 +59,8 @@ from bench.measure import (
 from bench.query_path import stage_breakdown
 from bench.upstream import document_events, publish_documents
 from services.cli.ask_cmd import AskResult, ask_questions
-from services.cli.stage_probe import STALL_S, StageProbe, probe_stage, stalls
-from services.runtime.health import stage_endpoints
-from services.runtime.stage import STAGES
+from services.cli.stage_probe import StageProbe, probe_stages, stalls
+from services.runtime.stalls import STALL_S
 
 T = TypeVar("T")
 #: Before each fixed flood: seconds for the last phase's work to end, then seconds over which
@@ -166,19 +165,12 @@ async def _documents_decided(bootstrap: str, texts: list[str]) -> Counter[str]:
     return decisions.counted(ids)
 
 
-def _probed(data_dir: Path) -> dict[str, StageProbe]:
-    """Each stage's metrics now (the stack under `data_dir`)."""
-    return {stage: probe_stage(stage_endpoints(data_dir, stage)) for stage in STAGES}
-
-
 def _loop_stalls(
     before: dict[str, StageProbe], after: dict[str, StageProbe]
 ) -> dict[str, dict[str, float | None]]:
     """Per stage, its loop-lag samples between two probes and those over `STALL_S`."""
-    return {
-        stage: {key: stalls(before[stage], after[stage])[key] for key in ("stalls", "samples")}
-        for stage in STAGES
-    }
+    held = {stage: stalls(before[stage], after[stage]) for stage in before}
+    return {stage: {"stalls": h["stalls"], "samples": h["samples"]} for stage, h in held.items()}
 
 
 def both_phases(questions: list[str]) -> tuple[list[str], list[str]]:
@@ -218,15 +210,15 @@ def flood_figures(
     how often each stage's loop was held in each phase (the stack under `data_dir`)."""
     quiet_lineage: Lineage = (triton_url, {})
     busy_lineage: Lineage = (triton_url, {})
-    probes = [_probed(data_dir)]
+    probes = [probe_stages(data_dir)]
     baseline = asyncio.run(
         ask_one_at_a_time(bootstrap, OTHERS, baseline_questions, lineage=quiet_lineage)
     )
-    probes.append(_probed(data_dir))
+    probes.append(probe_stages(data_dir))
     during, counts = asyncio.run(
         _during(bootstrap, during_questions, flood_texts, flood_questions, busy_lineage)
     )
-    probes.append(_probed(data_dir))
+    probes.append(probe_stages(data_dir))
     turn_away = turn_away_cost(bootstrap, 2 * flood_questions)
     turn_away_documents = documents_turn_away_cost(bootstrap, 2 * flood_texts)
     quiet, busy = spread(pipeline_ms(baseline)), spread(pipeline_ms(during))

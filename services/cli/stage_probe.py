@@ -4,7 +4,7 @@ Every stage process serves `/metrics` and `/readyz` (`services.runtime.health`) 
 in its endpoint file. A probe reads both from each process of a stage and sums them: the
 partitions each consumer owns now, the events it consumed and published so far (counters, so
 two probes a moment apart give events per second), how often its event loop was held over
-`STALL_S` (`services.runtime.stalls`: a stall holds every handler of the process), and its
+`STALL_S` (`services.runtime.stalls`; a stall holds every handler of the process), and its
 readiness checks (Qdrant for route, Triton for embed and generate).
 
 >>> first = probe_stage(stage_endpoints(data_dir, "embed"))  # doctest: +SKIP
@@ -20,15 +20,17 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.runtime.health import stage_endpoints
+from services.runtime.stage import STAGES
+from services.runtime.stalls import STALL_S
+
 _TIMEOUT_S = 2.0
-#: A lag sample over this is a stall (a bucket of `ragstream_event_loop_lag_seconds`): the loop
-#: was held longer than a question's whole hop takes when idle.
-STALL_S = 0.1
-_STALL_LE = str(STALL_S)
+_STALL_LE = str(STALL_S)  # the bucket of `ragstream_event_loop_lag_seconds` at STALL_S
 
 
 @dataclass
@@ -41,11 +43,16 @@ class StageProbe:
     partitions_owned: dict[str, dict[int, int]] = field(default_factory=dict)
     events_in: float = 0.0
     events_out: float = 0.0
-    #: The loop-lag samples taken so far, and those of them over `STALL_S` (since each start).
+    #: The loop-lag samples taken so far, and those of them at most `STALL_S` (since each start).
     lag_samples: float = 0.0
-    stalls: float = 0.0
+    lag_on_time: float = 0.0
     #: check name → ready, over every process (False if any process says False).
     checks: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def stalls(self) -> float:
+        """The loop-lag samples over `STALL_S` so far."""
+        return self.lag_samples - self.lag_on_time
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -68,10 +75,9 @@ def _read_metrics(text: str, pid: int, probe: StageProbe) -> None:
                 probe.events_out += sample.value
             elif sample.name == "ragstream_event_loop_lag_seconds_count":
                 probe.lag_samples += sample.value
-                probe.stalls += sample.value
             elif sample.name == "ragstream_event_loop_lag_seconds_bucket":
-                if sample.labels.get("le") == _STALL_LE:  # samples at most STALL_S
-                    probe.stalls -= sample.value
+                if sample.labels.get("le") == _STALL_LE:
+                    probe.lag_on_time += sample.value
 
 
 def probe_stage(endpoints: Iterable[Mapping[str, Any]]) -> StageProbe:
@@ -89,6 +95,11 @@ def probe_stage(endpoints: Iterable[Mapping[str, Any]]) -> StageProbe:
             continue
         probe.processes_answering += 1
     return probe
+
+
+def probe_stages(data_dir: Path) -> dict[str, StageProbe]:
+    """`probe_stage` of every stage of the pipeline whose data dir is `data_dir`."""
+    return {stage: probe_stage(stage_endpoints(data_dir, stage)) for stage in STAGES}
 
 
 def rates(earlier: StageProbe, later: StageProbe) -> dict[str, float | None]:

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from rich.table import Table
 
 from contracts.registry import TOPICS, TopicSpec
-from services.cli.stage_probe import StageProbe, probe_stage, rates, stalls
+from services.cli.stage_probe import StageProbe, probe_stages, rates, stalls
 from services.runtime.broker import consumer_group
 from services.runtime.health import stage_endpoints
 from services.runtime.kafka_admin import broker_answers
@@ -78,8 +78,7 @@ class StatusSampler:
         self._previous: dict[str, StageProbe] = {}
 
     def probe(self) -> dict[str, StageProbe]:
-        data_dir = self.settings.data_dir
-        probes = {stage: probe_stage(stage_endpoints(data_dir, stage)) for stage in STAGES}
+        probes = probe_stages(self.settings.data_dir)
         self._previous = probes
         return probes
 

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.registry import TOPICS
 from contracts.v1 import AlertV1, ProducedBy
-from services.cli.stage_probe import STALL_S, probe_stage, rates, stalls
+from services.cli.stage_probe import probe_stage, rates, stalls
 from services.cli.status_cmd import collect_status
 from services.runtime.broker import make_broker
 from services.runtime.dead_letters import dead_letter_for, publish_dead_letter
@@ -26,7 +26,7 @@ from services.runtime.health import HealthServer, serving_health, stage_endpoint
 from services.runtime.metrics import OwnedPartitions, cache_decided, records_consumed
 from services.runtime.publishing import event_bytes, publish_event
 from services.runtime.settings import RuntimeSettings
-from services.runtime.stalls import LAG_PROBE_S, watching_stalls
+from services.runtime.stalls import LAG_PROBE_S, STALL_S, watching_stalls
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
