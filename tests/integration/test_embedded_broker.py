@@ -1,4 +1,5 @@
-"""The embedded broker: answers on its port, and never outlives a killed parent."""
+"""The embedded broker: answers on its port, never outlives a killed parent, and runs the
+worker threads it was given."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 
 import pytest
 
+from services.runtime.embedded_broker import WORKER_THREADS, EmbeddedBroker
 from services.runtime.kafka_admin import broker_answers
 
 pytestmark = pytest.mark.integration
@@ -37,3 +39,34 @@ def test_a_killed_parent_takes_its_broker_with_it() -> None:
     while broker_answers(bootstrap, timeout_s=1) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not broker_answers(bootstrap, timeout_s=1), f"broker {broker_pid} outlived its parent"
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+
+
+def _worker_threads_seen(pid: int) -> str | None:
+    """The `TOKIO_WORKER_THREADS` the broker process was started with, if any."""
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        entries = dict(
+            entry.split(b"=", 1) for entry in environ.read().split(b"\0") if b"=" in entry
+        )
+    value = entries.get(b"TOKIO_WORKER_THREADS")
+    return value.decode() if value is not None else None
+
+
+def test_the_broker_runs_one_worker_thread_unless_the_environment_names_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TOKIO_WORKER_THREADS", raising=False)
+    with EmbeddedBroker() as default:
+        assert default.pid is not None
+        assert _worker_threads_seen(default.pid) == str(WORKER_THREADS) == "1"
+        default_threads = _threads(default.pid)
+    monkeypatch.setenv("TOKIO_WORKER_THREADS", "6")
+    with EmbeddedBroker() as operators:
+        assert operators.pid is not None
+        assert _worker_threads_seen(operators.pid) == "6"
+        # tokio reads it: five more workers than the default's one
+        assert _threads(operators.pid) >= default_threads + 4
