@@ -42,9 +42,9 @@ def tansu_binary() -> str:
 WORKER_THREADS = 1
 
 
-def broker_env(worker_threads: int = WORKER_THREADS) -> dict[str, str]:
+def broker_env() -> dict[str, str]:
     """The broker process's environment: this one, with `TOKIO_WORKER_THREADS` where unset."""
-    return {"TOKIO_WORKER_THREADS": str(worker_threads), **os.environ}
+    return {"TOKIO_WORKER_THREADS": str(WORKER_THREADS), **os.environ}
 
 
 class EmbeddedBroker:
