@@ -26,12 +26,12 @@ from contracts.v1 import (
 from contracts.v1.envelope import utc_now
 from inference.queries_first import QueriesFirst
 from services.route.alerts import BudgetAlerts, budget_alert, read_alerted_keys
-from services.route.budget import SpendLedger
+from services.route.budget import LedgerCatchUp, SpendLedger
 from services.route.cache import AnswerCache, CacheHit
 from services.route.index import VectorIndex
 from services.route.planner import choose_prompt, plan_generation
 from services.runtime.answers import latency_ms, refusal_answer
-from services.runtime.batches import validate_batch
+from services.runtime.batches import records_of, validate_batch
 from services.runtime.broker import BACKGROUND_FETCH_MAX_WAIT_MS, subscribe_batches
 from services.runtime.health import READINESS
 from services.runtime.lineage import lineage_record
@@ -42,6 +42,7 @@ from services.runtime.publishing import Publisher, derived_from, publish_event
 from services.runtime.runstate import resolve_bootstrap
 from services.runtime.settings import RouteSettings
 from services.runtime.stage import stage_app
+from services.runtime.topic_reader import high_watermarks
 
 STAGE = "route"
 logger = logging.getLogger("ragstream.route")
@@ -64,6 +65,8 @@ class RouteResources:
     alerts: Publisher
     #: Indexing waits, between documents, while a question is being routed.
     questions_first: QueriesFirst = field(default_factory=QueriesFirst)
+    #: Questions wait until the ledger has read the generations topic as of the start.
+    ledger_catch_up: LedgerCatchUp = field(default_factory=lambda: LedgerCatchUp({}))
 
 
 Route = Annotated[RouteResources, LoopContext("route")]
@@ -213,6 +216,7 @@ async def route_queries(
     values: list[bytes], message: KafkaMessage, broker: KafkaBroker, route: Route
 ) -> None:
     batch = validate_batch(message, TOPICS.query_vectors)
+    await wait_for_ledger(route)
     async with route.questions_first.query(), Outbox(broker, STAGE) as outbox:
         # The batch's questions one after another, none waiting for the broker's ack of the
         # one before: each was two round trips (its request or answer, its lineage).
@@ -223,6 +227,23 @@ async def route_queries(
             attempts=route.settings.handler_attempts,
         )
     await batch.dead_letter_invalid(broker, STAGE)
+
+
+async def wait_for_ledger(route: RouteResources) -> None:
+    """Hold questions until the spend ledger has charged every generation the topic held at
+    the start: checked against a ledger still being rebuilt, a question queued during a
+    restart could pass a cap its tenant had spent. At most the configured timeout, once."""
+    catch_up = route.ledger_catch_up
+    if catch_up.settled:
+        return
+    timeout_s = route.settings.ledger_catch_up_timeout_s
+    if not await catch_up.wait(timeout_s):
+        logger.warning(
+            "the spend ledger did not reach the end of %s within %.0f s "
+            "(RAGSTREAM_LEDGER_CATCH_UP_TIMEOUT_S); routing questions on what it has read",
+            TOPICS.generations.name,
+            timeout_s,
+        )
 
 
 async def cache_answers(
@@ -245,6 +266,12 @@ async def charge_generations(values: list[bytes], message: KafkaMessage, route: 
         assert isinstance(generation, GenerationV1)
         route.ledger.record(generation)
         await alert_on_budget(generation, route)
+    catch_up = route.ledger_catch_up
+    rebuilding = not catch_up.caught_up
+    for record in records_of(message):
+        catch_up.read(record.partition, record.offset)
+    if rebuilding and catch_up.caught_up:
+        logger.info("spend ledger rebuilt from %s", TOPICS.generations.name)
 
 
 async def alert_on_budget(generation: GenerationV1, route: RouteResources) -> None:
@@ -321,14 +348,22 @@ def create_app(settings: RouteSettings | None = None) -> FastStream:
         if not settings.qdrant_local_fsync and (relaxed := index.commit_without_fsync()):
             logger.info("local Qdrant commits without an fsync for each point: %s", relaxed)
         # Before the ledger is rebuilt from the generations topic: crossings already alerted.
-        alerted = await read_alerted_keys(resolve_bootstrap(settings), settings)
+        bootstrap = resolve_bootstrap(settings)
+        alerted = await read_alerted_keys(bootstrap, settings)
         budget_alerts = BudgetAlerts(settings.budget_alert_share, alerted)
         ledger = SpendLedger()
         publishers = (generation_requests, answers, alerts)
         resources = RouteResources(settings, index, cache, ledger, budget_alerts, *publishers)
+        # The topic's end before the ledger's consumer starts: what it must read first.
+        ends = await high_watermarks(bootstrap, TOPICS.generations.name, settings=settings)
+        resources.ledger_catch_up = LedgerCatchUp(ends)
 
+        async def ledger_settled() -> bool:
+            return resources.ledger_catch_up.settled
+
+        readiness = {"qdrant": index.reachable, "spend_ledger": ledger_settled}
         try:
-            yield {"route": resources, READINESS: {"qdrant": index.reachable}}
+            yield {"route": resources, READINESS: readiness}
         finally:
             await index.close()
 

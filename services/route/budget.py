@@ -13,7 +13,9 @@ False
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -84,3 +86,55 @@ def decide_budget(
 ) -> BudgetDecision:
     spent = ledger.spent_today(tenant_id, now)
     return BudgetDecision(spent + estimate <= daily_cap, estimate, spent, daily_cap)
+
+
+class LedgerCatchUp:
+    """Whether the ledger has read the generations topic up to its end as of route's start.
+
+    The ledger is rebuilt from the topic on every start while route's question consumer is
+    already running: a question queued during a restart, checked against a ledger not yet
+    rebuilt, could pass a cap its tenant had spent. Route's questions wait for this (`wait`).
+
+    >>> catch_up = LedgerCatchUp({0: 120, 1: 0})  # each partition's end at the start
+    >>> catch_up.read(0, 119)  # the last record there was charged
+    >>> catch_up.caught_up
+    True
+    """
+
+    def __init__(self, ends: Mapping[int, int]) -> None:
+        #: The partitions still to read, each with its end offset (a partition with no
+        #: records has nothing to wait for).
+        self._left = {partition: end for partition, end in ends.items() if end > 0}
+        self._settled = asyncio.Event()
+        self.timed_out = False
+        if not self._left:
+            self._settled.set()
+
+    @property
+    def caught_up(self) -> bool:
+        return not self._left
+
+    @property
+    def settled(self) -> bool:
+        """Caught up, or given up waiting (`wait` timed out): questions no longer wait."""
+        return self._settled.is_set()
+
+    def read(self, partition: int, offset: int) -> None:
+        """The record at `offset` in `partition` was charged (every record, valid or not)."""
+        end = self._left.get(partition)
+        if end is not None and offset + 1 >= end:
+            del self._left[partition]
+            if not self._left:
+                self._settled.set()
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Until caught up: True; False once `timeout_s` passed first (e.g. a partition's
+        records were deleted by retention after its end was read, or its last offset is a
+        transaction marker, which no consumer is handed), and from then on at once."""
+        if not self._settled.is_set():
+            try:
+                await asyncio.wait_for(self._settled.wait(), timeout_s)
+            except TimeoutError:
+                self.timed_out = True
+                self._settled.set()
+        return self.caught_up

@@ -328,6 +328,12 @@ class RouteSettings(QuerySettings):
     cache_collection: str = Field(default="ragstream_answers")
     index_batch_size: int = Field(default=128, ge=1, le=4096, description="Vectors per upsert.")
     index_batch_wait_ms: int = Field(default=100, ge=0)
+    ledger_catch_up_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="After a start, questions wait at most this long for the spend ledger to "
+        "read the generations topic to its end (services/route/budget.py LedgerCatchUp).",
+    )
     qdrant_local_fsync: bool = Field(
         default=False,
         description="Local mode: an fsync for every point written (SQLite's default journal), "

@@ -74,10 +74,14 @@ async def _caught_up(consumer: AIOKafkaConsumer, assigned: list[TopicPartition])
 
 
 async def high_watermarks(
-    bootstrap_servers: str, topic: str, timeout_s: float = 5.0
+    bootstrap_servers: str,
+    topic: str,
+    timeout_s: float = 5.0,
+    settings: RuntimeSettings | None = None,
 ) -> dict[int, int]:
-    """Each partition's real end offset, from a fetch at its tail (see `read_topic`)."""
-    consumer, assigned = await _assigned_consumer(bootstrap_servers, topic)
+    """Each partition's real end offset, from a fetch at its tail (see `read_topic`; with
+    `settings`: over their TLS/SASL)."""
+    consumer, assigned = await _assigned_consumer(bootstrap_servers, topic, settings)
     try:
         if not assigned:
             return {}

@@ -3,6 +3,7 @@ extractive tier, prompt rendering and the model's source labels."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +14,7 @@ from contracts.v1 import QueryOptionsV1 as Options
 from inference.prompts import PromptNotFoundError, load_prompt
 from services.generate.extractive import extract_answer
 from services.generate.tiers import FixedTier, restore_chunk_ids, source_labels
-from services.route.budget import SpendLedger, decide_budget
+from services.route.budget import LedgerCatchUp, SpendLedger, decide_budget
 from services.route.context import select_context
 from services.route.index import Hit
 from services.route.planner import BUDGET_EXCEEDED, NO_CONTEXT, plan_generation
@@ -133,6 +134,34 @@ def test_stale_reservations_stop_counting() -> None:
     ledger = SpendLedger()
     ledger.reserve("acme", "lost", 900, NOW)
     assert ledger.spent_today("acme", NOW + timedelta(minutes=11)) == 0
+
+
+def test_the_ledger_catches_up_once_every_partition_is_read_to_its_end_at_the_start() -> None:
+    catch_up = LedgerCatchUp({0: 3, 1: 0, 2: 5})  # partition 1 held nothing at the start
+    catch_up.read(0, 2)
+    catch_up.read(2, 3)
+    assert not catch_up.caught_up and not catch_up.settled
+    catch_up.read(2, 4)
+    assert catch_up.caught_up and catch_up.settled
+    catch_up.read(2, 9)  # records published after the start change nothing
+    assert catch_up.caught_up
+    assert LedgerCatchUp({}).settled and LedgerCatchUp({0: 0}).caught_up  # nothing to read
+
+
+async def test_waiting_for_the_ledger_ends_when_it_catches_up_or_once_timed_out() -> None:
+    catch_up = LedgerCatchUp({0: 2})
+    waiting = asyncio.create_task(catch_up.wait(timeout_s=30))
+    await asyncio.sleep(0)
+    catch_up.read(0, 0)
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    catch_up.read(0, 1)
+    assert await asyncio.wait_for(waiting, 1) is True and not catch_up.timed_out
+
+    stuck = LedgerCatchUp({0: 2})  # e.g. its records deleted after the end was read
+    assert await stuck.wait(timeout_s=0.05) is False
+    assert stuck.timed_out and stuck.settled and not stuck.caught_up
+    assert await asyncio.wait_for(stuck.wait(timeout_s=30), 1) is False  # no second wait
 
 
 def test_the_extractive_tier_answers_with_the_best_sentence_and_cites_it() -> None:

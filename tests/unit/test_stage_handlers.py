@@ -24,7 +24,7 @@ from services.chunk.chunker import Chunker, load_tokenizer
 from services.ingest import app as ingest_stage
 from services.route import app as route_stage
 from services.route.alerts import BudgetAlerts
-from services.route.budget import SpendLedger
+from services.route.budget import LedgerCatchUp, SpendLedger
 from services.route.cache import AnswerCache
 from services.route.index import VectorIndex
 from services.runtime.dead_letters import DeadLetterMiddleware
@@ -32,6 +32,7 @@ from services.runtime.loop_context import LoopContext
 from services.runtime.publishing import event_bytes, strict_json_decoder
 from services.runtime.settings import IngestSettings, RouteSettings
 from services.runtime.stage import freeze_startup_objects, load_stage_app
+from tests.unit.test_query_decisions import NOW, generation
 from tests.unit.test_vector_index import chunk_set, vector_event
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -251,11 +252,7 @@ async def _route_and_three_documents(
     for doc in range(3):
         vector = vector_event("acme", f"doc-{doc}", 1, 0, seed=doc)
         events += [vector, chunk_set("acme", f"doc-{doc}", 1, [vector.chunk.chunk_id])]
-    records = tuple(
-        ConsumerRecord(TOPICS.chunk_vectors.name, 0, n, 0, 0, None, event_bytes(e), None, 0, 0, [])
-        for n, e in enumerate(events)
-    )
-    return route, StreamMessage(raw_message=records, body=[r.value for r in records])
+    return route, _batch(TOPICS.chunk_vectors.name, events)
 
 
 async def test_route_indexing_waits_between_documents_while_a_question_is_routed(
@@ -286,6 +283,48 @@ async def test_route_indexing_waits_for_questions_at_most_its_budget_a_batch(
     async with TestKafkaBroker(KafkaBroker()) as broker, route.questions_first.query():
         await asyncio.wait_for(route_stage.index_chunk_vectors([], message, broker, route), 2)
         assert await route.index.count("acme") == 3
+    await route.index.close()
+
+
+def _batch(topic: str, events: list[Any]) -> StreamMessage[Any]:
+    records = tuple(
+        ConsumerRecord(topic, 0, n, 0, 0, None, event_bytes(e), None, 0, 0, [])
+        for n, e in enumerate(events)
+    )
+    return StreamMessage(raw_message=records, body=[r.value for r in records])
+
+
+async def test_route_holds_questions_until_its_ledger_has_read_the_generations_at_its_start(
+    tmp_path: Path,
+) -> None:
+    """After a restart, a question queued meanwhile is checked against the whole ledger, not
+    against what its consumer had read so far."""
+    route, _ = await _route_and_three_documents(tmp_path)
+    route.ledger_catch_up = LedgerCatchUp({0: 2})  # two generations on the topic at the start
+    spent = [generation("acme", f"r-{n}", 700, NOW) for n in range(2)]
+    async with TestKafkaBroker(KafkaBroker()) as broker:
+        routing = asyncio.create_task(
+            route_stage.route_queries([], _batch(TOPICS.query_vectors.name, []), broker, route)
+        )
+        await asyncio.sleep(0.2)
+        assert not routing.done()
+        await route_stage.charge_generations([], _batch(TOPICS.generations.name, spent), route)
+        await asyncio.wait_for(routing, 5)
+    assert route.ledger.spent_today("acme", NOW) == 1400
+    await route.index.close()
+
+
+async def test_route_stops_waiting_for_its_ledger_after_the_timeout_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    route, _ = await _route_and_three_documents(tmp_path)
+    route.settings = RouteSettings(data_dir=tmp_path, ledger_catch_up_timeout_s=0.1)
+    route.ledger_catch_up = LedgerCatchUp({0: 5})
+    async with TestKafkaBroker(KafkaBroker()) as broker:
+        message = _batch(TOPICS.query_vectors.name, [])
+        await asyncio.wait_for(route_stage.route_queries([], message, broker, route), 5)
+    assert route.ledger_catch_up.timed_out
+    assert "RAGSTREAM_LEDGER_CATCH_UP_TIMEOUT_S" in caplog.text
     await route.index.close()
 
 
