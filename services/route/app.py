@@ -267,11 +267,11 @@ async def charge_generations(values: list[bytes], message: KafkaMessage, route: 
         route.ledger.record(generation)
         await alert_on_budget(generation, route)
     catch_up = route.ledger_catch_up
-    rebuilding = not catch_up.caught_up
-    for record in records_of(message):
-        catch_up.read(record.partition, record.offset)
-    if rebuilding and catch_up.caught_up:
-        logger.info("spend ledger rebuilt from %s", TOPICS.generations.name)
+    if not catch_up.caught_up:  # once caught up, a batch costs nothing more here
+        for record in records_of(message):
+            catch_up.read(record.partition, record.offset)
+        if catch_up.caught_up:
+            logger.info("spend ledger rebuilt from %s", TOPICS.generations.name)
 
 
 async def alert_on_budget(generation: GenerationV1, route: RouteResources) -> None:
